@@ -1,0 +1,168 @@
+"""Typed model configuration: the real Gemma sizes and tiny test sizes.
+
+Every architectural number lives here once; the model, the converters, the planner and the gin
+files refer to these presets by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class AttentionType(enum.Enum):
+  GLOBAL = "global"
+  LOCAL_SLIDING = "local_sliding"
+
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of one Gemma-family decoder."""
+
+  vocab_size: int
+  num_layers: int
+  embed_dim: int
+  hidden_dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  # Gemma 1 scales queries by head_dim**-0.5; Gemma 2 by query_pre_attn_scalar**-0.5.
+  query_pre_attn_scalar: float | None = None
+  attn_logits_soft_cap: float | None = None
+  final_logit_soft_cap: float | None = None
+  # Gemma 2 alternates local sliding-window and global layers, starting with local.
+  attention_types: tuple[AttentionType, ...] = (AttentionType.GLOBAL,)
+  sliding_window_size: int | None = None
+  use_post_attn_norm: bool = False
+  use_post_ffw_norm: bool = False
+  rope_base: float = 10_000.0
+  rms_norm_eps: float = 1e-6
+  max_seq_len: int = 8192
+  family: str = "gemma"  # "gemma" or "gemma2": which transformers class exports it
+  # Numerics and memory; these do not change the function the model computes.
+  dtype: str = "float32"  # compute dtype of activations and matmuls
+  param_dtype: str = "float32"  # master parameter dtype
+  scan_layers: bool = False
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
+          f"num_kv_heads={self.num_kv_heads}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+          f"ModelConfig.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+    if self.family not in ("gemma", "gemma2"):
+      raise ValueError(f"ModelConfig.family={self.family!r}; expected 'gemma' or 'gemma2'")
+    if (AttentionType.LOCAL_SLIDING in self.attention_types
+        and not self.sliding_window_size):
+      raise ValueError("ModelConfig: local sliding attention needs sliding_window_size")
+    if self.scan_layers and len(set(self.attention_types)) > 1 and (
+        self.num_layers % len(self.attention_types)):
+      raise ValueError(
+          "ModelConfig.scan_layers needs num_layers to be a multiple of the attention pattern")
+
+  @property
+  def layer_attention_types(self) -> tuple[AttentionType, ...]:
+    pattern = self.attention_types
+    return tuple(pattern[i % len(pattern)] for i in range(self.num_layers))
+
+  @property
+  def query_scale(self) -> float:
+    return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+  def replace(self, **kw: Any) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["attention_types"] = [t.value for t in self.attention_types]
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    d = dict(d)
+    d["attention_types"] = tuple(AttentionType(t) for t in d["attention_types"])
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"ModelConfig: unknown fields {unknown}")
+    return cls(**d)
+
+
+_GEMMA2_PATTERN = (AttentionType.LOCAL_SLIDING, AttentionType.GLOBAL)
+GEMMA_VOCAB = 256_128
+GEMMA2_VOCAB = 256_000
+
+
+def gemma_2b(**kw) -> ModelConfig:
+  return ModelConfig(vocab_size=GEMMA_VOCAB, num_layers=18, embed_dim=2048, hidden_dim=16384,
+                     num_heads=8, num_kv_heads=1, head_dim=256, family="gemma").replace(**kw)
+
+
+def gemma_7b(**kw) -> ModelConfig:
+  return ModelConfig(vocab_size=GEMMA_VOCAB, num_layers=28, embed_dim=3072, hidden_dim=24576,
+                     num_heads=16, num_kv_heads=16, head_dim=256, family="gemma").replace(**kw)
+
+
+def _gemma2(**kw) -> ModelConfig:
+  base = dict(vocab_size=GEMMA2_VOCAB, attn_logits_soft_cap=50.0, final_logit_soft_cap=30.0,
+              attention_types=_GEMMA2_PATTERN, sliding_window_size=4096,
+              use_post_attn_norm=True, use_post_ffw_norm=True, family="gemma2")
+  base.update(kw)
+  return ModelConfig(**base)
+
+
+def gemma2_2b(**kw) -> ModelConfig:
+  return _gemma2(num_layers=26, embed_dim=2304, hidden_dim=9216, num_heads=8, num_kv_heads=4,
+                 head_dim=256, query_pre_attn_scalar=256, **kw)
+
+
+def gemma2_9b(**kw) -> ModelConfig:
+  return _gemma2(num_layers=42, embed_dim=3584, hidden_dim=14336, num_heads=16, num_kv_heads=8,
+                 head_dim=256, query_pre_attn_scalar=256, **kw)
+
+
+def gemma2_27b(**kw) -> ModelConfig:
+  # Gemma-2 27B scales queries by (embed_dim / num_heads)**-0.5 = 144**-0.5, not head_dim.
+  return _gemma2(num_layers=46, embed_dim=4608, hidden_dim=36864, num_heads=32, num_kv_heads=16,
+                 head_dim=128, query_pre_attn_scalar=144, **kw)
+
+
+def tiny(**kw) -> ModelConfig:
+  """A Gemma-2-style model small enough to train on two CPU cores in minutes."""
+  base = dict(vocab_size=64, num_layers=3, embed_dim=128, hidden_dim=512, num_heads=4,
+              num_kv_heads=1, head_dim=32, attention_types=(AttentionType.GLOBAL,),
+              max_seq_len=512, family="gemma")
+  base.update(kw)
+  return ModelConfig(**base)
+
+
+def bench_10m(**kw) -> ModelConfig:
+  """The ~10M-parameter config the benchmarks compare against transformers/torch."""
+  base = dict(vocab_size=1000, num_layers=10, embed_dim=256, hidden_dim=1024, num_heads=4,
+              num_kv_heads=1, head_dim=64, max_seq_len=1024, family="gemma")
+  base.update(kw)
+  return ModelConfig(**base)
+
+
+PRESETS = {
+    "gemma_2b": gemma_2b,
+    "gemma_7b": gemma_7b,
+    "gemma2_2b": gemma2_2b,
+    "gemma2_9b": gemma2_9b,
+    "gemma2_27b": gemma2_27b,
+    "tiny": tiny,
+    "bench_10m": bench_10m,
+}
+
+
+def preset(name: str, **kw) -> ModelConfig:
+  if name not in PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+  return PRESETS[name](**kw)

@@ -1,0 +1,409 @@
+"""Gemma and Gemma 2 as one pure Flax module, with a KV cache and logical sharding names.
+
+Shapes in einsums: B batch, T query length, S key length (cache slots), D embed, N query heads,
+K kv heads, G = N // K query heads per kv head, H head dim, F MLP hidden, V vocab.
+
+The parameter tree mirrors the official Gemma Flax layout (``embedder/input_embedding``,
+``layer_{i}/attn/q_einsum/w`` ...), so official checkpoints map onto it by name. With
+``scan_layers`` the layers are stacked under ``layers/block_{j}`` (one block per entry of the
+attention pattern, stacked over pattern repeats); ``unscan_params``/``scan_params`` convert.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genrm_jax import sharding
+from genrm_jax.config import AttentionType, ModelConfig
+
+Cache = dict[str, jax.Array]
+# Finite, so that a query with every key masked (a padding row) yields a uniform softmax, not NaN.
+_MASK_VALUE = -2.3819763e38
+
+
+def _dtype(name: str):
+  return jnp.dtype(name)
+
+
+def _param(module: nn.Module, name: str, init, shape, names, cfg: ModelConfig):
+  return module.param(name, nn.with_logical_partitioning(init, names), shape,
+                      _dtype(cfg.param_dtype))
+
+
+class _Weight(nn.Module):
+  """A bare ``w`` parameter, so the tree reads ``q_einsum/w`` as in official checkpoints."""
+  cfg: ModelConfig
+  shape: tuple[int, ...]
+  names: tuple[str, ...]
+  stddev: float
+
+  @nn.compact
+  def __call__(self):
+    return _param(self, "w", nn.initializers.normal(stddev=self.stddev), self.shape, self.names,
+                  self.cfg)
+
+
+class Embedder(nn.Module):
+  cfg: ModelConfig
+
+  def setup(self):
+    self.input_embedding = _param(self, "input_embedding", nn.initializers.normal(stddev=1.0),
+                                  (self.cfg.vocab_size, self.cfg.embed_dim),
+                                  ("vocab", "embed"), self.cfg)
+
+
+class RMSNorm(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    # Stored as an offset from one, as in Gemma: zeros are the identity scale.
+    scale = _param(self, "scale", nn.initializers.zeros_init(), (x.shape[-1],), ("norm",),
+                   self.cfg)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.rms_norm_eps)
+    return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+  """Rotary embedding on [B, T, heads, H], rotating the two halves of H (Gemma's layout)."""
+  h = x.shape[-1]
+  fraction = 2 * jnp.arange(h // 2, dtype=jnp.float32) / h
+  timescale = base ** fraction
+  angle = positions[..., None].astype(jnp.float32) / timescale  # [B, T, H/2]
+  sin = jnp.sin(angle)[:, :, None, :]
+  cos = jnp.cos(angle)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
+  return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  attention_type: AttentionType
+
+  @nn.compact
+  def __call__(self, x, positions, mask, layer_cache, write_index):
+    cfg = self.cfg
+    n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
+    dt = _dtype(cfg.dtype)
+    wq = _Weight(cfg, (n, d, h), ("heads", "embed", "head_dim"), d ** -0.5,
+                 name="q_einsum")()
+    wkv = _Weight(cfg, (2, k, d, h), ("stack", "kv_heads", "embed", "head_dim"), d ** -0.5,
+                  name="kv_einsum")()
+    wo = _Weight(cfg, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5,
+                 name="attn_vec_einsum")()
+
+    q = jnp.einsum("BTD,NDH->BTNH", x, wq.astype(dt))
+    kk, vv = jnp.einsum("BTD,CKDH->CBTKH", x, wkv.astype(dt))
+    q = apply_rope(q, positions, cfg.rope_base) * jnp.asarray(cfg.query_scale, dt)
+    kk = apply_rope(kk, positions, cfg.rope_base)
+    q = sharding.constrain(q, ("batch", "length", "act_heads", None))
+    kk = sharding.constrain(kk, ("batch", "length", "act_kv_heads", None))
+
+    new_cache = None
+    if layer_cache is not None:
+      kk = jax.lax.dynamic_update_slice(layer_cache["k"], kk.astype(layer_cache["k"].dtype),
+                                        (0, write_index, 0, 0))
+      vv = jax.lax.dynamic_update_slice(layer_cache["v"], vv.astype(layer_cache["v"].dtype),
+                                        (0, write_index, 0, 0))
+      new_cache = {"k": kk, "v": vv}
+      kk, vv = kk.astype(dt), vv.astype(dt)
+
+    b, t = q.shape[:2]
+    qg = q.reshape(b, t, k, n // k, h)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, kk).astype(jnp.float32)
+    logits = soft_cap(logits, cfg.attn_logits_soft_cap)
+    logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+    enc = jnp.einsum("BKGTS,BSKH->BTKGH", probs, vv).reshape(b, t, n, h)
+    out = jnp.einsum("BTNH,NHD->BTD", enc, wo.astype(dt))
+    return out, new_cache
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dt = _dtype(cfg.dtype)
+    wg = _param(self, "gating_einsum", nn.initializers.normal(stddev=cfg.embed_dim ** -0.5),
+                (2, cfg.hidden_dim, cfg.embed_dim), ("stack", "hidden", "embed"), cfg)
+    wl = _param(self, "linear", nn.initializers.normal(stddev=cfg.hidden_dim ** -0.5),
+                (cfg.hidden_dim, cfg.embed_dim), ("hidden", "embed"), cfg)
+    gate, up = jnp.einsum("BTD,CFD->CBTF", x, wg.astype(dt))
+    hid = jax.nn.gelu(gate, approximate=True) * up
+    hid = sharding.constrain(hid, ("batch", "length", "act_hidden"))
+    return jnp.einsum("BTF,FD->BTD", hid, wl.astype(dt))
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+  attention_type: AttentionType
+
+  @nn.compact
+  def __call__(self, x, positions, masks, layer_cache, write_index):
+    cfg = self.cfg
+    mask = masks[self.attention_type.value]
+    y = RMSNorm(cfg, name="pre_attention_norm")(x)
+    y, new_cache = Attention(cfg, self.attention_type, name="attn")(
+        y, positions, mask, layer_cache, write_index)
+    if cfg.use_post_attn_norm:
+      y = RMSNorm(cfg, name="post_attention_norm")(y)
+    x = x + y
+    y = RMSNorm(cfg, name="pre_ffw_norm")(x)
+    y = MLP(cfg, name="mlp")(y)
+    if cfg.use_post_ffw_norm:
+      y = RMSNorm(cfg, name="post_ffw_norm")(y)
+    x = sharding.constrain(x + y, ("batch", "length", "act_embed"))
+    return x, new_cache
+
+
+_REMAT = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _block_class(cfg: ModelConfig):
+  if cfg.remat_policy == "none":
+    return Block
+  return nn.remat(Block, policy=_REMAT[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+
+
+class _PatternGroup(nn.Module):
+  """One repeat of the attention pattern; the unit that ``scan_layers`` stacks."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, group_cache, positions, masks, write_index):
+    block = _block_class(self.cfg)
+    new = []
+    for j, kind in enumerate(self.cfg.attention_types):
+      layer_cache = None if group_cache is None else jax.tree.map(lambda c: c[j], group_cache)
+      x, c = block(self.cfg, kind, name=f"block_{j}")(x, positions, masks, layer_cache,
+                                                     write_index)
+      new.append(c)
+    stacked = None if group_cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new)
+    return x, stacked
+
+
+class Transformer(nn.Module):
+  """Gemma decoder. ``__call__`` runs a full forward or, given a cache, prefill/decode.
+
+  tokens, positions: int [B, T]. segment_ids: int [B, T], 0 marks padding; packed examples get
+  distinct ids and never attend to each other. Without a cache, keys are the tokens themselves;
+  with a cache (from ``init_cache``) the T new keys are written at slots ``cache['end']`` onward
+  and queries attend to every filled slot at an earlier or equal position.
+  Returns (logits float32 [B, T, V], new cache or None), plus the final hidden states
+  [B, T, D] when ``return_hidden``.
+  """
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    self.embedder = Embedder(cfg)
+    self.final_norm = RMSNorm(cfg)
+    if cfg.scan_layers:
+      p = len(cfg.attention_types)
+      self.layers = nn.scan(
+          _PatternGroup, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers // p,
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+    else:
+      block = _block_class(cfg)
+      self.blocks = [block(cfg, kind, name=f"layer_{i}")
+                     for i, kind in enumerate(cfg.layer_attention_types)]
+
+  def embed(self, tokens):
+    cfg = self.cfg
+    dt = _dtype(cfg.dtype)
+    x = jnp.take(self.embedder.input_embedding, tokens, axis=0).astype(dt)
+    x = x * jnp.asarray(math.sqrt(cfg.embed_dim), dt)
+    return sharding.constrain(x, ("batch", "length", "act_embed"))
+
+  def unembed(self, hidden):
+    logits = jnp.einsum("BTD,VD->BTV", hidden, self.embedder.input_embedding.astype(hidden.dtype))
+    logits = soft_cap(logits.astype(jnp.float32), self.cfg.final_logit_soft_cap)
+    return sharding.constrain(logits, ("batch", "length", "act_vocab"))
+
+  def __call__(self, tokens, positions, segment_ids=None, cache: Cache | None = None,
+               return_hidden: bool = False):
+    cfg = self.cfg
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(tokens)
+    valid = segment_ids != 0
+    if cache is None:
+      k_pos, k_valid, k_seg, write_index = positions, valid, segment_ids, None
+    else:
+      write_index = cache["end"]
+      k_pos = jax.lax.dynamic_update_slice(cache["pos"], jnp.where(valid, positions, -1),
+                                           (0, write_index))
+      k_valid, k_seg = k_pos >= 0, None
+    masks = attention_masks(cfg, positions, segment_ids, k_pos, k_valid, k_seg)
+
+    x = self.embed(tokens)
+    layer_caches = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+    if cfg.scan_layers:
+      p = len(cfg.attention_types)
+      grouped = None if layer_caches is None else jax.tree.map(
+          lambda c: c.reshape((cfg.num_layers // p, p) + c.shape[1:]), layer_caches)
+      x, new = self.layers(x, grouped, positions, masks, write_index)
+      new_layers = None if new is None else jax.tree.map(
+          lambda c: c.reshape((cfg.num_layers,) + c.shape[2:]), new)
+    else:
+      outs = []
+      for i, block in enumerate(self.blocks):
+        lc = None if layer_caches is None else {"k": layer_caches["k"][i],
+                                                  "v": layer_caches["v"][i]}
+        x, c = block(x, positions, masks, lc, write_index)
+        outs.append(c)
+      new_layers = None if cache is None else {
+          "k": jnp.stack([c["k"] for c in outs]), "v": jnp.stack([c["v"] for c in outs])}
+
+    hidden = self.final_norm(x)
+    logits = self.unembed(hidden)
+    new_cache = None
+    if cache is not None:
+      new_cache = dict(new_layers, pos=k_pos, end=write_index + tokens.shape[1])
+    if return_hidden:
+      return logits, new_cache, hidden
+    return logits, new_cache
+
+
+def attention_masks(cfg: ModelConfig, q_pos, q_seg, k_pos, k_valid, k_seg):
+  """Boolean [B, T, S] masks for global and local-sliding layers.
+
+  Causality is by position, so it holds for packed segments (positions restart per segment) and
+  for left-padded prompts in a cache (padding slots carry position -1).
+  """
+  allowed = k_valid[:, None, :] & (k_pos[:, None, :] <= q_pos[:, :, None])
+  if k_seg is not None:
+    allowed &= k_seg[:, None, :] == q_seg[:, :, None]
+  masks = {AttentionType.GLOBAL.value: allowed}
+  if AttentionType.LOCAL_SLIDING in cfg.attention_types:
+    near = (q_pos[:, :, None] - k_pos[:, None, :]) < cfg.sliding_window_size
+    masks[AttentionType.LOCAL_SLIDING.value] = allowed & near
+  return masks
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
+  """An empty KV cache with ``length`` slots per sequence, all layers stacked on axis 0."""
+  dt = _dtype(dtype or cfg.dtype)
+  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
+          "pos": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
+
+
+CACHE_LOGICAL = {"k": ("layers", "batch", "kv_length", "act_kv_heads", None),
+                 "v": ("layers", "batch", "kv_length", "act_kv_heads", None),
+                 "pos": ("batch", "kv_length"), "end": ()}
+
+
+def cache_shardings(cache_or_shapes: Cache, mesh) -> dict[str, Any]:
+  return {k: sharding.logical_sharding(CACHE_LOGICAL[k], v.shape, mesh)
+          for k, v in cache_or_shapes.items()}
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def _dummy_inputs():
+  return jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32)
+
+
+def abstract_params(cfg: ModelConfig) -> Any:
+  """Boxed (nn.Partitioned) ShapeDtypeStructs of the parameters; allocates nothing."""
+  model = Transformer(cfg)
+  return jax.eval_shape(lambda r: model.init(r, *_dummy_inputs()),
+                        jax.random.key(0))["params"]
+
+
+def param_shardings(cfg: ModelConfig, mesh) -> Any:
+  """NamedShardings (unboxed tree) for the parameters on ``mesh``."""
+  return sharding.tree_shardings(abstract_params(cfg), mesh)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, mesh=None) -> Any:
+  """Random parameters, created directly in their shards when ``mesh`` is given."""
+  model = Transformer(cfg)
+
+  def init(r):
+    return sharding.unbox(model.init(r, *_dummy_inputs())["params"])
+
+  if mesh is None:
+    return jax.jit(init)(rng)
+  with sharding.use_mesh(mesh):
+    return jax.jit(init, out_shardings=param_shardings(cfg, mesh))(rng)
+
+
+def count_params(cfg: ModelConfig) -> int:
+  shapes = sharding.unbox(abstract_params(cfg))
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> float:
+  """Matmul FLOPs per token (forward x3 for training), including attention over ``seq_len``.
+
+  The standard 6N + attention estimate used for MFU; embedding lookups are free, the tied
+  unembedding is counted.
+  """
+  d, h, f = cfg.embed_dim, cfg.head_dim, cfg.hidden_dim
+  n, k = cfg.num_heads, cfg.num_kv_heads
+  per_layer = 2 * d * h * (n + 2 * k) + 2 * n * h * d + 2 * 3 * d * f
+  attn = 0.0
+  for kind in cfg.layer_attention_types:
+    span = seq_len
+    if kind == AttentionType.LOCAL_SLIDING:
+      span = min(seq_len, cfg.sliding_window_size)
+    attn += 2 * 2 * n * h * span / 2  # QK^T and PV, causal: half the keys on average
+  fwd = cfg.num_layers * per_layer + attn + 2 * d * cfg.vocab_size
+  return float(fwd * (3 if training else 1))
+
+
+def _layer_keys(cfg: ModelConfig):
+  p = len(cfg.attention_types)
+  return [(f"layer_{i}", i // p, f"block_{i % p}") for i in range(cfg.num_layers)]
+
+
+def unscan_params(params: dict, cfg: ModelConfig) -> dict:
+  """Stacked (scan) layout -> per-layer ``layer_{i}`` layout; identity when not scanned."""
+  if "layers" not in params:
+    return params
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for name, g, block in _layer_keys(cfg):
+    out[name] = jax.tree.map(lambda a, g=g: a[g], params["layers"][block])
+  return out
+
+
+def scan_params(params: dict, cfg: ModelConfig) -> dict:
+  """Per-layer layout -> the stacked layout ``scan_layers`` models use."""
+  if "layers" in params or not cfg.scan_layers:
+    return params
+  out = {k: v for k, v in params.items() if not k.startswith("layer_")}
+  blocks: dict[str, list] = {}
+  for name, _, block in _layer_keys(cfg):
+    blocks.setdefault(block, []).append(params[name])
+  out["layers"] = {b: jax.tree.map(lambda *a: jnp.stack(a), *ls) for b, ls in blocks.items()}
+  return out
+
+
+def forward(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None):
+  """Full causal forward of unpadded [B, T] tokens; convenience for tests and scoring."""
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  logits, _ = Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids)
+  return logits

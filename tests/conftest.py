@@ -1,0 +1,20 @@
+"""Test-wide settings: 8 simulated CPU devices so sharding tests see a real mesh."""
+
+import os
+import pathlib
+
+# Must be set before jax initialises its backend.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  if not SHARED_DATA.exists():
+    pytest.skip("../shared/data is absent")
+  return SHARED_DATA
