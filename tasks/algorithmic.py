@@ -1,0 +1,98 @@
+"""seqio tasks for last-letter concatenation and word sorting (see genrm_jax.algorithmic)."""
+
+from __future__ import annotations
+
+import functools
+
+import gin
+
+from genrm_jax import algorithmic
+from genrm_jax import candidates as candidates_lib
+from genrm_jax import data
+from genrm_jax import records
+
+SPLITS = ("train", "validation", "test")
+
+
+def register_algorithmic(task: str, lam: float = 1 / 3, problems_per_length: int = 350,
+                         samples_per_problem: int = 4, error_rate: float = 0.5,
+                         seed: int = 0) -> list[str]:
+  """Registers the ``<task>_*`` tasks and mixtures; lambda 1/3 as in the paper.
+
+  Each split holds ``problems_per_length`` problems of each of its lengths (train/validation 2-4
+  words, test 6 or 5) and ``samples_per_problem`` synthetic candidates a problem.
+  """
+  cands = functools.partial(algorithmic.candidates, task, problems_per_length=problems_per_length,
+                            samples_per_problem=samples_per_problem, error_rate=error_rate,
+                            seed=seed)
+  gold = functools.partial(algorithmic.gold_candidates, task,
+                           problems_per_length=problems_per_length, seed=seed)
+  return data.register_genrm_tasks(task, cands, algorithmic.INSTRUCTIONS[task], SPLITS, lam=lam,
+                                   gold=gold, seed=seed)
+
+
+# Registered under unlock: the trainer may import tasks after gin has locked its config.
+with gin.unlock_config():
+  register_algorithmic = gin.configurable(register_algorithmic)
+
+for _task in algorithmic.TASKS:
+  register_algorithmic(_task)
+
+
+def register_policy_sft(task: str, lengths: tuple[int, ...] = (2, 3, 4, 5, 6),
+                        problems_per_length: int = 2000, seed: int = 0) -> str:
+  """``<task>_policy_sft``: SFT of a policy on reference solutions of ``lengths`` words.
+
+  The end-to-end experiment trains its own small policy (the paper took a few-shot Gemma-2B);
+  test problems are excluded so the policy never sees a test question.
+  """
+  test = {p.words for p in algorithmic.split_problems(task, "test", problems_per_length, seed)}
+
+  def gold(split: str):
+    del split  # one split: the policy's training data
+    problems = [p for n in lengths
+                for p in algorithmic.make_problems(task, n, problems_per_length, seed + 7, test)]
+    return [{"question_id": f"policy-{i}", "question": p.question, "solution": p.solution,
+             "correct": True} for i, p in enumerate(problems)]
+
+  name = f"{task}_policy_sft"
+  data.register_task(name, "lm", lambda split: records.correct(gold(split),
+                                                               algorithmic.INSTRUCTIONS[task]),
+                     ("train",))
+  return name
+
+
+def register_policy_candidates(task: str = algorithmic.LAST_LETTERS,
+                               candidates_file: str | None = None, src: str = "policy",
+                               lam: float = 1 / 3, problems_per_length: int = 350,
+                               seed: int = 0) -> list[str]:
+  """``<src>_*`` verifier tasks from candidates sampled from a policy (a candidates JSONL).
+
+  Each candidate gets the programmatic step-by-step rationale of ``algorithmic.rationale``; the
+  lambda-weighted SFT data are the reference solutions of the training problems. With no
+  ``candidates_file`` nothing is registered (the default of ``tasks.register_all``).
+  """
+  if not candidates_file:
+    return []
+
+  def cands(split: str):
+    del split  # the file is the training set
+    out = []
+    for pool in candidates_lib.read_candidates(candidates_file):
+      for c in pool.candidates:
+        problem = algorithmic.problem_from_question(task, c["question"])
+        out.append({**c, "rationale": algorithmic.rationale(problem, c["solution"])})
+    return out
+
+  gold = functools.partial(algorithmic.gold_candidates, task,
+                           problems_per_length=problems_per_length, seed=seed)
+  return data.register_genrm_tasks(src, cands, algorithmic.INSTRUCTIONS[task], ("train",),
+                                   lam=lam, gold=gold, seed=seed)
+
+
+with gin.unlock_config():
+  register_policy_sft = gin.configurable(register_policy_sft)
+  register_policy_candidates = gin.configurable(register_policy_candidates)
+
+for _task in algorithmic.TASKS:
+  register_policy_sft(_task)

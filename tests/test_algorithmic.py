@@ -1,0 +1,73 @@
+"""genrm_jax.algorithmic: generation, splits, the synthetic solver and programmatic rationales."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from genrm_jax import algorithmic as alg
+from genrm_jax import formats
+
+
+@pytest.mark.parametrize("task", alg.TASKS)
+def test_splits_lengths_determinism_and_disjointness(task):
+  train = alg.split_problems(task, "train", 30, seed=3)
+  assert train == alg.split_problems(task, "train", 30, seed=3)
+  assert train != alg.split_problems(task, "train", 30, seed=4)
+  val = alg.split_problems(task, "validation", 30, seed=3)
+  test = alg.split_problems(task, "test", 30, seed=3)
+  assert sorted({len(p.words) for p in train}) == [2, 3, 4] == sorted({len(p.words) for p in val})
+  assert {len(p.words) for p in test} == {alg.TEST_LENGTH[task]}
+  assert not {p.words for p in train} & {p.words for p in val}
+  assert len({p.words for p in train}) == len(train) == 90
+
+
+def test_reference_solutions():
+  p = alg.Problem(alg.LAST_LETTERS, ("apple", "fig"))
+  assert p.solution == "apple:e\nfig:g\nThe answer is eg."
+  s = alg.Problem(alg.WORD_SORTING, ("pear", "apple", "fig"))
+  assert s.solution == "1 apple\n2 fig\n3 pear\nThe answer is apple fig pear."
+  assert alg.is_correct(s, s.solution) and alg.is_correct(p, "The answer is  eg .")
+  assert not alg.is_correct(p, "apple:e\nThe answer is e.") and not alg.is_correct(p, "eg")
+
+
+@pytest.mark.parametrize("task", alg.TASKS)
+def test_solver_mistakes_are_caught_by_the_rationale(task):
+  rng = random.Random(0)
+  problems = alg.split_problems(task, "train", 40)
+  n_wrong = 0
+  for p in problems:
+    sol = alg.synthetic_solve(p, rng, error_rate=0.5)
+    ok = alg.is_correct(p, sol)
+    assert ok == (sol == p.solution)  # every mistake reaches the answer
+    rat = alg.rationale(p, sol)
+    assert formats.parse_verdict(rat) == ok and rat.endswith(formats.VERDICT_QUESTION +
+                                                              formats.verdict_target(ok))
+    if not ok:
+      n_wrong += 1
+      assert "wrong" in rat or "missing" in rat
+    else:
+      assert "wrong" not in rat and "missing" not in rat
+  assert 0.35 < n_wrong / len(problems) < 0.65
+
+
+def test_rationale_of_a_policy_sample_with_extra_lines():
+  p = alg.Problem(alg.LAST_LETTERS, ("ab", "cd"))
+  rat = alg.rationale(p, "ab:b\ncd:d\nxy:y\nThe answer is bdy.")
+  assert "xy:y extra" in rat and rat.endswith("No")
+
+
+@pytest.mark.parametrize("task", alg.TASKS)
+def test_candidates_are_labelled_and_balanced(task):
+  cands = alg.candidates(task, "test", problems_per_length=50, samples_per_problem=4, seed=1)
+  assert len(cands) == 200
+  assert cands == alg.candidates(task, "test", problems_per_length=50, samples_per_problem=4,
+                                 seed=1)
+  frac = sum(c["correct"] for c in cands) / len(cands)
+  assert 0.4 < frac < 0.6
+  gold = alg.gold_candidates(task, "test", problems_per_length=50, seed=1)
+  assert all(c["correct"] and c["solution"].endswith(f"The answer is {c['gold_answer']}.")
+             for c in gold)
+  with pytest.raises(ValueError, match="unknown algorithmic task"):
+    alg.split_problems("addition", "train", 1)
