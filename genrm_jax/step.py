@@ -1,0 +1,171 @@
+"""The train state, its shardings and the one jitted train step.
+
+Everything here works on abstract inputs too (``jax.ShapeDtypeStruct`` with shardings), so the
+planner can lower and compile the exact step the trainer runs for a mesh it does not have.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from genrm_jax import model as model_lib
+from genrm_jax import objectives
+from genrm_jax import optim
+from genrm_jax import sharding
+from genrm_jax.config import ModelConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step: updates done. params: {"model": Gemma tree, "head": disc head (disc only)}.
+
+  ref_params: the frozen DPO reference (a model tree) or None; it rides in the state so that a
+  resumed run restores the very reference it started from.
+  """
+  step: jax.Array
+  params: dict[str, Any]
+  opt_state: Any
+  ref_params: Any = None
+
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def params_shardings(cfg: ModelConfig, obj: objectives.ObjectiveConfig, mesh: Mesh) -> dict:
+  out = {"model": model_lib.param_shardings(cfg, mesh)}
+  if obj.kind == "disc":
+    out["head"] = {"w": _replicated(mesh), "b": _replicated(mesh)}
+  return out
+
+
+def abstract_params(cfg: ModelConfig, obj: objectives.ObjectiveConfig) -> dict:
+  out = {"model": sharding.unbox(model_lib.abstract_params(cfg))}
+  if obj.kind == "disc":
+    out["head"] = jax.eval_shape(lambda: objectives.init_head(cfg))
+  return out
+
+
+def state_shardings(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
+                    mesh: Mesh) -> TrainState:
+  """NamedShardings of every leaf of the train state; optimizer moments follow their params."""
+  p_shard = params_shardings(cfg, obj, mesh)
+  tx = optim.optimizer(opt)
+  opt_abstract = jax.eval_shape(tx.init, abstract_params(cfg, obj))
+  opt_shard = optax.tree_map_params(
+      tx, lambda _, s: s, opt_abstract, p_shard,
+      transform_non_params=lambda _: _replicated(mesh))
+  return TrainState(step=_replicated(mesh), params=p_shard, opt_state=opt_shard,
+                    ref_params=p_shard["model"] if obj.kind == "dpo" else None)
+
+
+def abstract_state(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
+                   mesh: Mesh | None = None) -> TrainState:
+  """ShapeDtypeStructs of the train state (with shardings when ``mesh`` is given)."""
+  tx = optim.optimizer(opt)
+  params = abstract_params(cfg, obj)
+  state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                     opt_state=jax.eval_shape(tx.init, params),
+                     ref_params=params["model"] if obj.kind == "dpo" else None)
+  if mesh is None:
+    return state
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      state, state_shardings(cfg, obj, opt, mesh))
+
+
+def init_state(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
+               mesh: Mesh, model_params: Any) -> TrainState:
+  """A fresh state around ``model_params`` (already sharded or host arrays), laid out on mesh."""
+  tx = optim.optimizer(opt)
+
+  def build(mp):
+    params = {"model": mp}
+    if obj.kind == "disc":
+      params["head"] = objectives.init_head(cfg)
+    # The reference is a copy taken before any update: DPO's frozen pi_ref.
+    ref = jax.tree.map(jnp.copy, mp) if obj.kind == "dpo" else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ref_params=ref)
+
+  shardings = state_shardings(cfg, obj, opt, mesh)
+  with sharding.use_mesh(mesh):
+    return jax.jit(build, out_shardings=shardings)(model_params)
+
+
+def batch_shardings(kind: str, mesh: Mesh) -> dict[str, NamedSharding]:
+  return {name: sharding.batch_sharding(mesh, ndim)
+          for name, ndim in objectives.BATCH_FIELDS[kind].items()}
+
+
+def _microbatches(batch: dict[str, jax.Array], accum: int) -> dict[str, jax.Array]:
+  """[B, ...] -> [accum, B / accum, ...], micro-batch j = rows j, j + accum, ...
+
+  Strided, not contiguous: each device's block of rows holds a part of every micro-batch, so
+  every micro-batch stays spread over the whole batch axis of the mesh.
+  """
+
+  def split(x):
+    b = x.shape[0]
+    x = x.reshape((b // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+    return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
+                    mesh: Mesh, grad_accum: int = 1) -> Callable:
+  """The jitted ``step(state, batch) -> (state, metrics)``; the state argument is donated.
+
+  Metrics (replicated fp32 scalars): loss, accuracy (NaN when the batch has nothing to score),
+  grad_norm (before clipping), lr (of this update).
+  """
+  if grad_accum < 1:
+    raise ValueError(f"grad_accum={grad_accum} must be >= 1")
+  tx = optim.optimizer(opt)
+  lr_at = optim.schedule(opt)
+  terms_fn = objectives.loss_terms_fn(obj, cfg)
+
+  def grads_of(params, batch, ref):
+    def f(p):
+      t = terms_fn(p, batch, ref)
+      return t.loss, t
+    return jax.grad(f, has_aux=True)(params)
+
+  def step(state: TrainState, batch: dict[str, jax.Array]):
+    with sharding.use_mesh(mesh):
+      if grad_accum == 1:
+        grads, terms = grads_of(state.params, batch, state.ref_params)
+      else:
+        zero = (jax.tree.map(jnp.zeros_like, state.params),
+                objectives.Terms(*(jnp.zeros((), jnp.float32),) * 4))
+
+        def body(carry, micro):
+          g, t = grads_of(state.params, micro, state.ref_params)
+          return jax.tree.map(jnp.add, carry, (g, t)), None
+
+        (grads, terms), _ = jax.lax.scan(body, zero, _microbatches(batch, grad_accum))
+      # Gradients of loss sums: one division turns them into the gradient of the batch mean.
+      denom = jnp.maximum(terms.weight, 1.0)
+      grads = jax.tree.map(lambda g: g / denom, grads)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": terms.loss / denom,
+        "accuracy": jnp.where(terms.count > 0, terms.correct / jnp.maximum(terms.count, 1.0),
+                              jnp.nan),
+        "grad_norm": optax.tree.norm(grads),
+        "lr": jnp.asarray(lr_at(state.step), jnp.float32),
+    }
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new, metrics
+
+  s_shard = state_shardings(cfg, obj, opt, mesh)
+  m_shard = {k: _replicated(mesh) for k in ("loss", "accuracy", "grad_norm", "lr")}
+  return jax.jit(step, in_shardings=(s_shard, batch_shardings(obj.kind, mesh)),
+                 out_shardings=(s_shard, m_shard), donate_argnums=(0,))

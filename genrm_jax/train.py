@@ -1,0 +1,393 @@
+"""The GenRM trainer: ``python -m genrm_jax.train --gin_file=... --workdir=DIR``.
+
+Gin binds the typed configs below (``model_config``, ``TrainConfig``, ``DataConfig``,
+``OptimConfig``, ``ObjectiveConfig``) at the command line only; the dataclass defaults are the
+paper's recipe. The workdir receives ``config.gin`` (the operative config), ``checkpoints/``
+(orbax, the last ``keep_checkpoints``), TensorBoard events in ``tensorboard/`` and, at the end,
+the model directory ``model/``. A rerun with the same workdir resumes from the latest checkpoint,
+data position included; SIGTERM saves a checkpoint and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import threading
+from typing import Any, Iterator
+
+import gin
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from genrm_jax import checkpoint
+from genrm_jax import config as config_lib
+from genrm_jax import distributed
+from genrm_jax import model as model_lib
+from genrm_jax import objectives
+from genrm_jax import optim
+from genrm_jax import sharding
+from genrm_jax import step as step_lib
+from genrm_jax import synthetic
+from genrm_jax.train_log import Reporter
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "gin_configs")
+# Fields of ModelConfig that may change between a checkpoint and its resumption: numerics and
+# memory only, never a parameter shape or layout.
+_RESUMABLE_FIELDS = ("dtype", "remat_policy", "max_seq_len")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where batches come from: a seqio task/mixture registered by ``tasks``, or "synthetic"."""
+
+  name: str = "gsm8k_genrm"
+  split: str = "train"
+  seq_len: int = 1024
+  seed: int = 0
+  # SentencePiece model for the seqio tasks and the model directory; None: $GENRM_VOCAB, or the
+  # starting checkpoint's tokenizer.
+  vocab_path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The run: the paper's batch 64 and 300K steps by default."""
+
+  batch_size: int = 64
+  num_steps: int = 300_000
+  grad_accum: int = 1
+  # "scratch", "hf:DIR" (transformers folder), "gemma:DIR" (official Flax checkpoint) or
+  # "genrm:DIR" (a genrm-jax model directory, or a run workdir holding model/).
+  init_from: str = "scratch"
+  seed: int = 0
+  mesh_data: int = -1
+  mesh_fsdp: int = 1
+  mesh_tensor: int = 1
+  checkpoint_every: int = 1_000
+  keep_checkpoints: int = 3
+  log_every: int = 100
+  tensorboard: bool = True
+  # Peak FLOP/s of one device for the MFU estimate; None looks the device kind up.
+  peak_flops_per_device: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  model: config_lib.ModelConfig
+  train: TrainConfig
+  data: DataConfig
+  optim: optim.OptimConfig
+  objective: objectives.ObjectiveConfig
+
+
+@gin.configurable
+def model_config(preset: str = "tiny", **overrides) -> config_lib.ModelConfig:
+  """A ModelConfig preset with field overrides, e.g. ``model_config.dtype = 'bfloat16'``."""
+  return config_lib.preset(preset, **overrides)
+
+
+_GIN_CLASSES = {cls: gin.external_configurable(cls, cls.__name__)
+                for cls in (TrainConfig, DataConfig, optim.OptimConfig,
+                            objectives.ObjectiveConfig)}
+
+
+def experiment_from_gin() -> Experiment:
+  """The experiment the parsed gin bindings describe (defaults where nothing is bound)."""
+  g = _GIN_CLASSES
+  return Experiment(model=model_config(), train=g[TrainConfig](), data=g[DataConfig](),
+                    optim=g[optim.OptimConfig](), objective=g[objectives.ObjectiveConfig]())
+
+
+class TrainingDivergedError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: step_lib.TrainState
+  history: list[dict[str, float]]
+  preempted: bool
+  model_dir: str | None
+
+
+# Peak dense bf16 FLOP/s per device, by ``jax.Device.device_kind``.
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
+}
+
+
+# ----------------------------------------------------------------------------- starting points
+
+
+def _model_dir_of(path: str) -> str:
+  if (epath.Path(path) / checkpoint.META_FILE).exists():
+    return path
+  inner = os.path.join(path, "model")
+  if (epath.Path(inner) / checkpoint.META_FILE).exists():
+    return inner
+  raise FileNotFoundError(f"init_from genrm:{path}: neither a model directory nor a run workdir "
+                          f"with model/{checkpoint.META_FILE}")
+
+
+def _check_compatible(stored: config_lib.ModelConfig, cfg: config_lib.ModelConfig,
+                      what: str, hint: str = "") -> None:
+  a, b = stored.to_dict(), cfg.to_dict()
+  diff = [f"{k}: {a[k]!r} there, {b[k]!r} here" for k in sorted(a)
+          if k not in _RESUMABLE_FIELDS and a[k] != b[k]]
+  if diff:
+    raise ValueError(f"{what} holds another model config ({'; '.join(diff)}){hint}")
+
+
+def initial_model_params(exp: Experiment, mesh) -> tuple[Any, str | None]:
+  """(model params laid out on ``mesh``, tokenizer path of the source if any)."""
+  cfg = exp.model
+  kind, _, path = exp.train.init_from.partition(":")
+  if kind == "scratch":
+    return model_lib.init_params(cfg, jax.random.key(exp.train.seed), mesh), None
+  if not path:
+    raise ValueError(f"TrainConfig.init_from={exp.train.init_from!r} needs a path: {kind}:DIR")
+  if kind == "genrm":
+    src = _model_dir_of(path)
+    stored, params, _ = checkpoint.load_model_dir(
+        src, mesh, cfg_overrides={k: getattr(cfg, k) for k in _RESUMABLE_FIELDS + ("scan_layers",)})
+    _check_compatible(stored.replace(scan_layers=cfg.scan_layers), cfg, f"model directory {src}")
+    return params, checkpoint.tokenizer_path(src)
+  from genrm_jax import import_hf  # pylint: disable=g-import-not-at-top
+  if kind == "hf":
+    stored, params = import_hf.load_hf(path, mesh)
+    _check_compatible(stored, cfg.replace(scan_layers=False), f"HF folder {path}")
+    tok = os.path.join(path, "tokenizer.model")
+    params = model_lib.scan_params(params, cfg)
+    return params, tok if os.path.exists(tok) else None
+  if kind == "gemma":
+    params = model_lib.scan_params(import_hf.load_official(path, cfg.replace(scan_layers=False)),
+                                   cfg)
+    return jax.device_put(params, model_lib.param_shardings(cfg, mesh)), None
+  raise ValueError(f"TrainConfig.init_from={exp.train.init_from!r}: expected scratch, hf:DIR, "
+                   "gemma:DIR or genrm:DIR")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def batches(exp: Experiment, mesh, start_batch: int, vocab_path: str | None
+            ) -> Iterator[dict[str, jax.Array]]:
+  """Global batches from ``start_batch`` on; each process reads only its own rows."""
+  shard = distributed.batch_shard(mesh, exp.train.batch_size)
+  kw = dict(batch_size=exp.train.batch_size, seq_len=exp.data.seq_len,
+            objective=exp.objective.kind, seed=exp.data.seed, shard_id=shard.index,
+            num_shards=shard.count, start_batch=start_batch, repeat=True)
+  if exp.data.name == "synthetic":
+    it = synthetic.get_batches(exp.data.name, exp.data.split, vocab_size=exp.model.vocab_size,
+                               **kw)
+  else:
+    import tasks  # pylint: disable=g-import-not-at-top
+    from genrm_jax import data  # pylint: disable=g-import-not-at-top
+    tasks.register_all()  # applies gin bindings such as register_gsm8k.lam
+    it = data.get_batches(exp.data.name, exp.data.split, vocab=vocab_path, **kw)
+  for local in it:
+    objectives.check_batch(exp.objective.kind, local)
+    yield distributed.global_batch(local, mesh)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(checkpoint.abspath(workdir), "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def _save(mngr: ocp.CheckpointManager, state: step_lib.TrainState, exp: Experiment,
+          vocab_path: str | None) -> None:
+  step = int(state.step)
+  # The vocabulary is remembered so that a resumed run's model directory gets the tokenizer of
+  # the checkpoint it started from.
+  meta = {"model": exp.model.to_dict(), "objective": exp.objective.kind,
+          "batches_consumed": step, "data": exp.data.name, "vocab_path": vocab_path}
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def _restore(mngr: ocp.CheckpointManager, step: int, exp: Experiment, mesh
+             ) -> tuple[step_lib.TrainState, dict[str, Any]]:
+  where = f"workdir checkpoint {mngr.directory}/{step}"
+  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  _check_compatible(config_lib.ModelConfig.from_dict(meta["model"]), exp.model, where,
+                    "; refusing to resume: use a new --workdir or the old config")
+  if meta["objective"] != exp.objective.kind:
+    raise ValueError(f"{where} was trained with objective {meta['objective']!r}, not "
+                     f"{exp.objective.kind!r}; refusing to resume")
+  abstract = step_lib.abstract_state(exp.model, exp.objective, exp.optim, mesh)
+  state = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))["state"]
+  return state, meta
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def make_mesh(train: TrainConfig):
+  """The (data, fsdp, tensor) mesh; one axis may be -1 for the devices left over."""
+  sizes = [train.mesh_data, train.mesh_fsdp, train.mesh_tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"TrainConfig mesh (data, fsdp, tensor) = {tuple(sizes)}: at most one -1")
+  if -1 in sizes:
+    rest = -int(np.prod(sizes))
+    if jax.device_count() % rest:
+      raise ValueError(f"TrainConfig mesh {tuple(sizes)} does not divide {jax.device_count()} "
+                       "devices")
+    sizes[sizes.index(-1)] = jax.device_count() // rest
+  return sharding.make_mesh(*sizes)
+
+
+def _peak_flops(train: TrainConfig) -> float | None:
+  if train.peak_flops_per_device:
+    return train.peak_flops_per_device
+  return PEAK_FLOPS.get(jax.devices()[0].device_kind)
+
+
+def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
+  """Trains (or resumes) ``exp`` in ``workdir`` up to ``num_steps``; see the module docstring."""
+  tc, cfg = exp.train, exp.model
+  mesh = mesh or make_mesh(tc)
+  if tc.batch_size % tc.grad_accum:
+    raise ValueError(f"batch_size {tc.batch_size} is not divisible by grad_accum "
+                     f"{tc.grad_accum}")
+  sharding.check_divides(mesh, batch=tc.batch_size // tc.grad_accum, num_heads=cfg.num_heads,
+                         where="micro-batch of TrainConfig.batch_size / grad_accum")
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  mngr = _manager(workdir, tc.keep_checkpoints)
+  latest = mngr.latest_step()
+  vocab_path = exp.data.vocab_path or os.environ.get("GENRM_VOCAB") or None
+  if latest is not None:
+    state, meta = _restore(mngr, latest, exp, mesh)
+    vocab_path = vocab_path or meta.get("vocab_path")
+  else:
+    params, source_vocab = initial_model_params(exp, mesh)
+    vocab_path = vocab_path or source_vocab
+    state = step_lib.init_state(cfg, exp.objective, exp.optim, mesh, params)
+    del params
+  if vocab_path and exp.data.name != "synthetic":
+    # Ids past the embedding would turn into NaN losses deep inside the step; say so up front.
+    from genrm_jax import import_hf  # pylint: disable=g-import-not-at-top
+    import_hf.check_vocab(cfg, vocab_path, allow_padding=True)
+  start = int(state.step)
+  train_step = step_lib.make_train_step(cfg, exp.objective, exp.optim, mesh, tc.grad_accum)
+
+  stop = {"signal": None}
+  # Signal handlers can only be installed from the main thread; elsewhere SIGTERM is left alone.
+  in_main = threading.current_thread() is threading.main_thread()
+  previous = (signal.signal(signal.SIGTERM, lambda sig, _: stop.update(signal=sig))
+              if in_main else None)
+  rows = tc.batch_size * (2 if exp.objective.kind == "dpo" else 1)
+  flops = objectives.flops_per_example(exp.objective, cfg, exp.data.seq_len) * tc.batch_size
+  peak = _peak_flops(tc)
+  reporter = Reporter(workdir if tc.tensorboard else None, start, tc.num_steps, tc.log_every,
+                      tokens_per_step=rows * exp.data.seq_len, flops_per_step=flops,
+                      peak_flops=peak * mesh.size if peak else None,
+                      main=distributed.is_main())
+  history: list[dict[str, float]] = []
+  try:
+    it = batches(exp, mesh, start, vocab_path) if start < tc.num_steps else iter(())
+    while int(state.step) < tc.num_steps and stop["signal"] is None:
+      state, metrics = train_step(state, next(it))
+      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      step = int(state.step)
+      if not np.isfinite(m["loss"]):
+        mngr.wait_until_finished()
+        good = mngr.latest_step()
+        where = (f"the last good checkpoint is step {good} in {mngr.directory}" if good is not None
+                 else "no checkpoint was saved yet")
+        raise TrainingDivergedError(f"loss is {m['loss']} at step {step}; {where}")
+      history.append(m)
+      reporter.step(step, m)
+      if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop["signal"] is not None:
+        _save(mngr, state, exp, vocab_path)
+    mngr.wait_until_finished()
+  finally:
+    if in_main:
+      signal.signal(signal.SIGTERM, previous)
+    reporter.close()
+  if stop["signal"] is not None:
+    reporter.line(f"stopped by signal {stop['signal']} at step {int(state.step)}; "
+                  f"checkpoint saved in {mngr.directory}")
+    mngr.close()
+    return RunResult(state, history, True, None)
+  mngr.close()
+  model_dir = write_model_dir(exp, state, os.path.join(workdir, "model"), vocab_path)
+  return RunResult(state, history, False, model_dir)
+
+
+def write_model_dir(exp: Experiment, state: step_lib.TrainState, out: str,
+                    vocab_path: str | None) -> str:
+  extra: dict[str, Any] = {"objective": exp.objective.kind,
+                           "train": {"steps": int(state.step), "data": exp.data.name}}
+  if exp.objective.kind == "disc":
+    extra["disc_head"] = objectives.head_to_json(jax.device_get(state.params["head"]))
+  return checkpoint.save_model_dir(out, exp.model, state.params["model"],
+                                   tokenizer_path=vocab_path, extra=extra, overwrite=True)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
+  """Parses gin files (found as given or in gin_configs/) and bindings."""
+  gin.add_config_file_search_path(GIN_DIR)
+  files = []
+  for f in gin_files:
+    if not os.path.exists(f) and os.path.exists(os.path.join(GIN_DIR, f)):
+      f = os.path.join(GIN_DIR, f)
+    files.append(f)
+  gin.parse_config_files_and_bindings(files, bindings)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  if checkpoint.is_remote(path):  # object writes are atomic already
+    epath.Path(path).write_text(text)
+    return
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m genrm_jax.train", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--gin_file", action="append", default=[], help="gin file(s), composable")
+  ap.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
+  ap.add_argument("--workdir", required=True)
+  distributed.add_flags(ap)
+  args = ap.parse_args(argv)
+  distributed.initialize_from_flags(args)
+  parse_gin(args.gin_file, args.gin_bindings)
+  exp = experiment_from_gin()
+  if distributed.is_main():
+    epath.Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    _write_atomic(os.path.join(args.workdir, "config.gin"), gin.operative_config_str())
+  try:
+    result = run(exp, args.workdir)
+  except TrainingDivergedError as e:
+    print(f"error: training diverged: {e}", file=sys.stderr, flush=True)
+    return 1
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  if result.model_dir:
+    print(f"model directory: {result.model_dir}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
