@@ -120,18 +120,18 @@ def _gemma2(**kw) -> ModelConfig:
 
 def gemma2_2b(**kw) -> ModelConfig:
   return _gemma2(num_layers=26, embed_dim=2304, hidden_dim=9216, num_heads=8, num_kv_heads=4,
-                 head_dim=256, query_pre_attn_scalar=256, **kw)
+                 head_dim=256, query_pre_attn_scalar=256).replace(**kw)
 
 
 def gemma2_9b(**kw) -> ModelConfig:
   return _gemma2(num_layers=42, embed_dim=3584, hidden_dim=14336, num_heads=16, num_kv_heads=8,
-                 head_dim=256, query_pre_attn_scalar=256, **kw)
+                 head_dim=256, query_pre_attn_scalar=256).replace(**kw)
 
 
 def gemma2_27b(**kw) -> ModelConfig:
   # Gemma-2 27B scales queries by (embed_dim / num_heads)**-0.5 = 144**-0.5, not head_dim.
   return _gemma2(num_layers=46, embed_dim=4608, hidden_dim=36864, num_heads=32, num_kv_heads=16,
-                 head_dim=128, query_pre_attn_scalar=144, **kw)
+                 head_dim=128, query_pre_attn_scalar=144).replace(**kw)
 
 
 def tiny(**kw) -> ModelConfig:

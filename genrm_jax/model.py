@@ -53,7 +53,9 @@ class Embedder(nn.Module):
   cfg: ModelConfig
 
   def setup(self):
-    self.input_embedding = _param(self, "input_embedding", nn.initializers.normal(stddev=1.0),
+    # Unit-scale inputs after the sqrt(D) multiplier, and O(1) logits through the tied output.
+    self.input_embedding = _param(self, "input_embedding",
+                                  nn.initializers.normal(stddev=self.cfg.embed_dim ** -0.5),
                                   (self.cfg.vocab_size, self.cfg.embed_dim),
                                   ("vocab", "embed"), self.cfg)
 

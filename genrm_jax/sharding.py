@@ -43,13 +43,19 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; ``-1`` for ``data`` takes the devices left over."""
+  """A (data, fsdp, tensor) mesh; ``-1`` for one axis takes the devices left over."""
   devices = list(devices if devices is not None else jax.devices())
   n = len(devices)
-  if data == -1:
-    if n % (fsdp * tensor):
-      raise ValueError(f"mesh: fsdp={fsdp} x tensor={tensor} does not divide {n} devices")
-    data = n // (fsdp * tensor)
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: data={data}, fsdp={fsdp}, tensor={tensor}: at most one axis may be -1")
+  if -1 in sizes:
+    rest = -math.prod(sizes)
+    if n % rest:
+      raise ValueError(f"mesh: data={data} x fsdp={fsdp} x tensor={tensor} (-1 excluded) "
+                       f"does not divide {n} devices")
+    sizes[sizes.index(-1)] = n // rest
+    data, fsdp, tensor = sizes
   if data * fsdp * tensor != n:
     raise ValueError(
         f"mesh: data={data} x fsdp={fsdp} x tensor={tensor} = {data * fsdp * tensor} "
@@ -128,10 +134,10 @@ _MESH_STACK: list[Mesh] = []
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh):
   """Makes ``mesh`` the one activation constraints refer to while tracing."""
+  # Constraints carry explicit NamedShardings, so no global mesh context is needed.
   _MESH_STACK.append(mesh)
   try:
-    with mesh:
-      yield mesh
+    yield mesh
   finally:
     _MESH_STACK.pop()
 
