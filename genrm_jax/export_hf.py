@@ -1,0 +1,168 @@
+"""Export a genrm-jax model directory as a Hugging Face transformers folder.
+
+    python -m genrm_jax.export_hf --checkpoint MODEL_DIR --out HF_DIR [--dtype bfloat16]
+
+Writes config.json, model.safetensors (or model-0000i-of-0000n.safetensors plus
+model.safetensors.index.json above ``--max_shard_gb``), and the tokenizer (tokenizer.model,
+tokenizer_config.json, special_tokens_map.json), loadable with
+``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``. Tensors are converted
+and written one shard at a time; the folder appears only once complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+from safetensors.numpy import save_file
+
+from genrm_jax import checkpoint
+from genrm_jax import hf_convert
+from genrm_jax.config import ModelConfig
+
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def _shard_plan(cfg: ModelConfig, itemsize: int, max_shard_bytes: int) -> list[list[str]]:
+  """HF names grouped into consecutive shards of at most ``max_shard_bytes`` (one tensor min)."""
+  shards: list[list[str]] = [[]]
+  size = 0
+  for name, shape in hf_convert.hf_shapes(cfg).items():
+    n = int(np.prod(shape)) * itemsize
+    if shards[-1] and size + n > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(name)
+    size += n
+  return shards
+
+
+def write_weights(cfg: ModelConfig, params: Any, out: str, dtype: str,
+                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+  """Writes the safetensors file(s) (and the index when sharded); returns the file names."""
+  plan = _shard_plan(cfg, jnp.dtype(dtype).itemsize, max_shard_bytes)
+  names = [SINGLE_FILE] if len(plan) == 1 else [
+      f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
+  tensors = hf_convert.hf_tensors(cfg, params, dtype)
+  weight_map, total = {}, 0
+  for fname, shard in zip(names, plan):
+    batch = {}
+    for expected in shard:
+      name, arr = next(tensors)
+      assert name == expected, (name, expected)  # plan and tensors walk the same key map
+      batch[name] = arr
+      weight_map[name] = fname
+      total += arr.nbytes
+    save_file(batch, os.path.join(out, fname), metadata={"format": "pt"})
+    del batch
+  if len(plan) > 1:
+    with open(os.path.join(out, INDEX_FILE), "w") as f:
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+  return names
+
+
+def _special_tokens(sp: spm.SentencePieceProcessor) -> dict[str, tuple[str, int]]:
+  out = {}
+  for key, idx in (("pad_token", sp.pad_id()), ("eos_token", sp.eos_id()),
+                   ("bos_token", sp.bos_id()), ("unk_token", sp.unk_id())):
+    if idx >= 0:
+      out[key] = (sp.id_to_piece(idx), idx)
+  return out
+
+
+def _added_tokens(proto: sp_pb2.ModelProto) -> dict[str, dict[str, Any]]:
+  """Control, unknown and user-defined pieces as HF added tokens.
+
+  transformers rebuilds a BPE tokenizer from tokenizer.model, which cannot produce user-defined
+  pieces such as "▁Yes" by merges; declaring them makes HF split text as SentencePiece does.
+  Pieces holding "▁" are matched after the space -> "▁" normalisation, others on raw text.
+  """
+  kinds = {proto.SentencePiece.CONTROL, proto.SentencePiece.UNKNOWN,
+           proto.SentencePiece.USER_DEFINED}
+  out = {}
+  for i, p in enumerate(proto.pieces):
+    if p.type in kinds:
+      user = p.type == proto.SentencePiece.USER_DEFINED
+      out[str(i)] = {"content": p.piece, "normalized": user and "▁" in p.piece,
+                     "special": not user, "lstrip": False, "rstrip": False,
+                     "single_word": False}
+  return out
+
+
+def write_tokenizer(tokenizer_path: str, out: str, cfg: ModelConfig) -> dict[str, int]:
+  """Copies tokenizer.model and writes the HF tokenizer configs; returns special token ids."""
+  sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
+  if sp.get_piece_size() > cfg.vocab_size:
+    raise ValueError(f"field 'vocab_size'={cfg.vocab_size} is smaller than the tokenizer "
+                     f"{tokenizer_path} ({sp.get_piece_size()} pieces)")
+  proto = sp_pb2.ModelProto()
+  proto.ParseFromString(sp.serialized_model_proto())
+  norm = proto.normalizer_spec
+  special = _special_tokens(sp)
+  if (norm.add_dummy_prefix or norm.remove_extra_whitespaces
+      or [idx for _, idx in special.values()] != [0, 1, 2, 3]):
+    logging.warning(
+        "%s is not Gemma-style (pad/eos/bos/unk = 0/1/2/3, no dummy prefix, whitespace kept): "
+        "transformers' GemmaTokenizer will split text differently from SentencePiece",
+        tokenizer_path)
+  shutil.copyfile(tokenizer_path, os.path.join(out, "tokenizer.model"))
+  tok_cfg = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": False,
+             "model_max_length": cfg.max_seq_len, "padding_side": "left",
+             "added_tokens_decoder": _added_tokens(proto)}
+  tok_cfg.update({k: piece for k, (piece, _) in special.items()})
+  with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+    json.dump(tok_cfg, f, indent=2, ensure_ascii=False)
+  with open(os.path.join(out, "special_tokens_map.json"), "w") as f:
+    json.dump({k: piece for k, (piece, _) in special.items()}, f, indent=2)
+  return {k.replace("_token", "_token_id"): idx for k, (_, idx) in special.items()
+          if k != "unk_token"}
+
+
+def write_hf_dir(cfg: ModelConfig, params: Any, out: str, tokenizer_path: str | None = None,
+                 dtype: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                 overwrite: bool = False) -> str:
+  """Writes a complete HF folder atomically; returns ``out``."""
+  dtype = dtype or cfg.param_dtype
+  hf_cfg = hf_convert.config_to_hf(cfg, dtype)  # fails before anything is written
+  with checkpoint.atomic_dir(out, overwrite=overwrite) as tmp:
+    if tokenizer_path:
+      hf_cfg.update(write_tokenizer(tokenizer_path, tmp, cfg))
+    write_weights(cfg, params, tmp, dtype, max_shard_bytes)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(hf_cfg, f, indent=2)
+  return out
+
+
+def export_hf(checkpoint_dir: str, out: str, dtype: str | None = None,
+              max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> str:
+  cfg, params, _ = checkpoint.load_model_dir(checkpoint_dir, cfg_overrides={"scan_layers": False})
+  return write_hf_dir(cfg, params, out, checkpoint.tokenizer_path(checkpoint_dir), dtype,
+                      max_shard_bytes, overwrite)
+
+
+def main(argv: list[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--checkpoint", required=True, help="genrm-jax model directory")
+  ap.add_argument("--out", required=True, help="Hugging Face folder to write")
+  ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                  help="tensor dtype (default: the parameter dtype)")
+  ap.add_argument("--max_shard_gb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 2**30,
+                  help="split model.safetensors into shards of at most this size")
+  ap.add_argument("--overwrite", action="store_true")
+  args = ap.parse_args(argv)
+  export_hf(args.checkpoint, args.out, args.dtype, int(args.max_shard_gb * 2**30), args.overwrite)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,156 @@
+"""Import a Hugging Face Gemma / Gemma 2 folder (or an official Gemma Flax checkpoint).
+
+    python -m genrm_jax.import_hf --hf_dir DIR --out MODEL_DIR [--tokenizer tokenizer.model]
+    python -m genrm_jax.import_hf --official_dir CKPT --preset gemma2_2b --out MODEL_DIR
+
+The HF folder holds config.json and model.safetensors or sharded model-*.safetensors with
+model.safetensors.index.json. Tensors are read one at a time (memory-mapped by safetensors) and
+put into their shards, so the host never holds two copies of the model. Every check (config,
+tensor names and shapes, vocabulary size) runs before anything is written; the output directory
+is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+from safetensors import safe_open
+
+from genrm_jax import checkpoint
+from genrm_jax import hf_convert
+from genrm_jax.config import ModelConfig, preset
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def read_hf_config(hf_dir: str) -> ModelConfig:
+  path = os.path.join(hf_dir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{hf_dir}: config.json is missing")
+  with open(path) as f:
+    try:
+      d = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
+  return hf_convert.config_from_hf(d, where=path)
+
+
+def tensor_files(hf_dir: str) -> dict[str, str]:
+  """HF tensor name -> the safetensors file that holds it."""
+  index = os.path.join(hf_dir, INDEX_FILE)
+  if os.path.exists(index):
+    with open(index) as f:
+      weight_map = json.load(f).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index}: field 'weight_map' is missing")
+    files = {n: os.path.join(hf_dir, fn) for n, fn in weight_map.items()}
+    for fn in sorted(set(files.values())):
+      if not os.path.exists(fn):
+        raise FileNotFoundError(f"{index} names {os.path.basename(fn)}, which is missing")
+    return files
+  paths = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
+  if not paths:
+    raise FileNotFoundError(f"{hf_dir}: no *.safetensors files")
+  files = {}
+  for p in paths:
+    with safe_open(p, framework="numpy") as f:
+      for name in f.keys():
+        if name in files:
+          raise ValueError(f"tensor {name!r} appears in both {files[name]} and {p}")
+        files[name] = p
+  return files
+
+
+def check_vocab(cfg: ModelConfig, tokenizer_path: str, allow_padding: bool = False) -> int:
+  """Fails unless the tokenizer fits the embedding (exactly, unless padding is allowed)."""
+  n = spm.SentencePieceProcessor(model_file=tokenizer_path).get_piece_size()
+  if n > cfg.vocab_size or (n != cfg.vocab_size and not allow_padding):
+    raise ValueError(
+        f"field 'vocab_size'={cfg.vocab_size} does not match the tokenizer {tokenizer_path} "
+        f"({n} pieces)")
+  return n
+
+
+def load_hf(hf_dir: str, mesh=None) -> tuple[ModelConfig, Any]:
+  """(config, params) of a HF Gemma folder; params land in their shards when ``mesh`` is given."""
+  cfg = read_hf_config(hf_dir)
+  files = tensor_files(hf_dir)
+  with contextlib.ExitStack() as stack:
+    handles: dict[str, Any] = {}
+
+    def get_tensor(name: str) -> np.ndarray:
+      fn = files[name]
+      if fn not in handles:
+        handles[fn] = stack.enter_context(safe_open(fn, framework="numpy"))
+      return handles[fn].get_tensor(name)
+
+    params = hf_convert.params_from_hf(cfg, get_tensor, set(files), mesh=mesh, where=hf_dir)
+  return cfg, params
+
+
+def import_hf(hf_dir: str, out: str, tokenizer: str | None = None, mesh=None,
+              overwrite: bool = False) -> str:
+  """Writes a genrm-jax model directory from a HF folder; returns ``out``."""
+  tokenizer = tokenizer or _existing(os.path.join(hf_dir, "tokenizer.model"))
+  cfg = read_hf_config(hf_dir)
+  if tokenizer:
+    check_vocab(cfg, tokenizer)
+  cfg, params = load_hf(hf_dir, mesh=mesh)
+  return checkpoint.save_model_dir(out, cfg, params, tokenizer_path=tokenizer,
+                                   extra={"source": {"hf_dir": os.path.abspath(hf_dir)}},
+                                   overwrite=overwrite)
+
+
+def load_official(ckpt_dir: str, cfg: ModelConfig) -> Any:
+  """Our params from an official Gemma Flax/orbax checkpoint directory."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"official checkpoint {ckpt_dir} is not a directory")
+  tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(ckpt_dir))
+  return hf_convert.params_from_official(tree, cfg)
+
+
+def import_official(ckpt_dir: str, cfg: ModelConfig, out: str, tokenizer: str | None = None,
+                    overwrite: bool = False) -> str:
+  # Official Gemma 1 embeddings are padded past the tokenizer (256128 rows, 256000 pieces).
+  if tokenizer:
+    check_vocab(cfg, tokenizer, allow_padding=True)
+  params = load_official(ckpt_dir, cfg)
+  return checkpoint.save_model_dir(out, cfg, params, tokenizer_path=tokenizer,
+                                   extra={"source": {"official_dir": os.path.abspath(ckpt_dir)}},
+                                   overwrite=overwrite)
+
+
+def _existing(path: str) -> str | None:
+  return path if os.path.exists(path) else None
+
+
+def main(argv: list[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  src = ap.add_mutually_exclusive_group(required=True)
+  src.add_argument("--hf_dir", help="Hugging Face folder: config.json + *.safetensors")
+  src.add_argument("--official_dir", help="official Gemma Flax/orbax checkpoint directory")
+  ap.add_argument("--preset", help="model preset of an official checkpoint (e.g. gemma2_2b)")
+  ap.add_argument("--out", required=True, help="genrm-jax model directory to write")
+  ap.add_argument("--tokenizer", help="SentencePiece tokenizer.model (default: the HF folder's)")
+  ap.add_argument("--overwrite", action="store_true")
+  args = ap.parse_args(argv)
+  if args.hf_dir:
+    import_hf(args.hf_dir, args.out, args.tokenizer, overwrite=args.overwrite)
+  else:
+    if not args.preset:
+      ap.error("--official_dir needs --preset (official checkpoints carry no config)")
+    import_official(args.official_dir, preset(args.preset), args.out, args.tokenizer,
+                    overwrite=args.overwrite)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,151 @@
+"""The Flax Gemma: real sizes, KV cache against the full forward, numerics and memory options."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genrm_jax import config
+from genrm_jax import model as model_lib
+
+# Published parameter counts (Hugging Face model cards; equal to transformers' meta-device counts
+# for the same configs). Gemma 1 on HF has a 256000-row embedding; the official Flax release pads
+# it to 256128 rows, which is what the gemma_2b / gemma_7b presets hold.
+PUBLISHED = {
+    "gemma_2b": 2_506_172_416,
+    "gemma_7b": 8_537_680_896,
+    "gemma2_2b": 2_614_341_888,
+    "gemma2_9b": 9_241_705_984,
+    "gemma2_27b": 27_227_128_320,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_parameter_counts(name):
+  cfg = config.preset(name, vocab_size=256_000)
+  assert model_lib.count_params(cfg) == PUBLISHED[name]
+  padding = config.preset(name).vocab_size - 256_000
+  assert model_lib.count_params(config.preset(name)) == PUBLISHED[name] + padding * cfg.embed_dim
+
+
+def small_gemma2(**kw) -> config.ModelConfig:
+  """GQA, soft-capping on, a sliding window (4) shorter than the sequences used below."""
+  base = dict(vocab_size=50, num_layers=4, embed_dim=32, hidden_dim=64, num_heads=4,
+              num_kv_heads=2, head_dim=8, query_pre_attn_scalar=12, sliding_window_size=4,
+              attn_logits_soft_cap=3.0, final_logit_soft_cap=5.0, max_seq_len=64)
+  base.update(kw)
+  return config.gemma2_2b().replace(**base)
+
+
+# Jitted: op-by-op dispatch of the whole model costs more CPU than compiling it.
+forward = jax.jit(model_lib.forward, static_argnums=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _params(cfg: config.ModelConfig):
+  return model_lib.init_params(cfg.replace(scan_layers=False, remat_policy="none"),
+                               jax.random.key(0))
+
+
+def _perturbed_norms(params):
+  """Random norm offsets, so tests see non-identity norms."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  rng = np.random.default_rng(0)
+  out = [v + 0.3 * rng.standard_normal(v.shape).astype(np.float32)
+         if "scale" in str(path[-1]) else v for path, v in leaves]
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_prefill_then_decode_matches_full_forward(scan_layers):
+  """Every position's logits, with one left-padded prompt in the batch."""
+  cfg = small_gemma2()
+  params = _perturbed_norms(_params(cfg))
+  run_cfg = cfg.replace(scan_layers=scan_layers)
+  run_params = model_lib.scan_params(params, run_cfg)
+  model = model_lib.Transformer(run_cfg)
+  t, pad, prefill = 11, 3, 5
+  rng = np.random.default_rng(1)
+  seqs = [rng.integers(0, cfg.vocab_size, t), rng.integers(0, cfg.vocab_size, t - pad)]
+  refs = [np.asarray(forward(cfg, params, jnp.asarray(s[None])))[0] for s in seqs]
+
+  # Column c of the batch holds position c of row 0 and position c - pad of row 1.
+  tokens = np.stack([seqs[0], np.concatenate([np.zeros(pad, int), seqs[1]])]).astype(np.int32)
+  positions = np.stack([np.arange(t), np.maximum(np.arange(t) - pad, 0)]).astype(np.int32)
+  segments = np.stack([np.ones(t), np.arange(t) >= pad]).astype(np.int32)
+
+  step = jax.jit(lambda p, tok, pos, seg, c: model.apply({"params": p}, tok, pos, seg, c))
+  cache = model_lib.init_cache(run_cfg, 2, t)
+  logits, cache = step(run_params, tokens[:, :prefill], positions[:, :prefill],
+                       segments[:, :prefill], cache)
+  got = [np.asarray(logits)]
+  for c in range(prefill, t):
+    logits, cache = step(run_params, tokens[:, c:c + 1], positions[:, c:c + 1],
+                         segments[:, c:c + 1], cache)
+    got.append(np.asarray(logits))
+  got = np.concatenate(got, axis=1)
+  np.testing.assert_allclose(got[0], refs[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[1, pad:], refs[1], rtol=1e-5, atol=1e-5)
+  assert int(cache["end"]) == t
+  assert (np.asarray(cache["pos"])[1, :pad] == -1).all()
+
+
+def test_packed_segments_do_not_attend_across():
+  cfg = small_gemma2(sliding_window_size=16)
+  params = _params(cfg)
+  rng = np.random.default_rng(2)
+  a, b = rng.integers(0, cfg.vocab_size, 5), rng.integers(0, cfg.vocab_size, 7)
+  tokens = jnp.asarray(np.concatenate([a, b])[None], jnp.int32)
+  positions = jnp.asarray(np.concatenate([np.arange(5), np.arange(7)])[None], jnp.int32)
+  segments = jnp.asarray(np.array([1] * 5 + [2] * 7)[None], jnp.int32)
+  packed = forward(cfg, params, tokens, positions, segments)
+  np.testing.assert_allclose(packed[0, :5], forward(cfg, params, a[None])[0],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(packed[0, 5:], forward(cfg, params, b[None])[0],
+                             rtol=1e-5, atol=1e-5)
+
+
+def _loss_and_grads(cfg, params, tokens):
+  def loss(p):
+    logits = model_lib.forward(cfg, p, tokens)
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("variant", [dict(scan_layers=True), dict(remat_policy="full"),
+                                     dict(scan_layers=True, remat_policy="dots")])
+def test_scan_and_remat_give_the_same_function(variant):
+  cfg = small_gemma2()
+  params = _params(cfg)
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 9)), jnp.int32)
+  other = cfg.replace(**variant)
+  other_params = model_lib.scan_params(params, other)
+  np.testing.assert_allclose(forward(other, other_params, tokens),
+                             forward(cfg, params, tokens), rtol=1e-5, atol=1e-5)
+  loss, grads = _loss_and_grads(cfg, params, tokens)
+  loss2, grads2 = _loss_and_grads(other, other_params, tokens)
+  np.testing.assert_allclose(loss2, loss, rtol=1e-6)
+  grads2 = model_lib.unscan_params(grads2, other)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), grads2, grads)
+
+
+def test_bf16_compute_is_close_to_fp32():
+  cfg = small_gemma2()
+  params = _params(cfg)
+  tokens = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 9)), jnp.int32)
+  ref = np.asarray(forward(cfg, params, tokens))
+  bf16 = np.asarray(forward(cfg.replace(dtype="bfloat16"), params, tokens))
+  assert bf16.dtype == np.float32  # logits are always returned in fp32
+  err = np.max(np.abs(bf16 - ref)) / np.max(np.abs(ref))
+  assert 0 < err < 3e-2
+
+
+def test_flops_per_token_counts_the_matmuls():
+  cfg = small_gemma2(num_layers=2, attention_types=(config.AttentionType.GLOBAL,))
+  n_matmul = model_lib.count_params(cfg) - cfg.num_layers * 4 * cfg.embed_dim - cfg.embed_dim
+  attn = cfg.num_layers * 2 * cfg.num_heads * cfg.head_dim * 16
+  assert model_lib.flops_per_token(cfg, 16, training=False) == 2 * n_matmul + attn
