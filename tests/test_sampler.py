@@ -1,0 +1,142 @@
+"""The sampler against full-forward greedy decoding, its filters, seeds, buckets and the mesh."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from genrm_jax import model as model_lib
+from genrm_jax import sampler, sharding, vocab as vocab_lib
+from tests import tiny_lm
+
+PROMPTS = [[2, 5, 6, 7], [2, 8, 9, 10, 11, 12, 13, 14, 15, 16], [2]]
+SAMPLED = sampler.SamplerConfig(10, temperature=1.0, top_k=20, top_p=0.95)
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory):
+  return vocab_lib.train_char_vocab(["the cat sat on the mat. Yes No"],
+                                    str(tmp_path_factory.mktemp("vocab") / "v.model"))
+
+
+# Every test uses this one config so that the jitted programs are shared (compiling dominates).
+@pytest.fixture(scope="module")
+def lm(vocab):
+  cfg = tiny_lm.small_cfg(vocab_size=vocab.vocab_size)
+  return cfg, tiny_lm.lively_params(cfg)
+
+
+def _decode_ids(cfg, params, prompts, sc, seed=0, num_samples=1, mesh=None, codec=None,
+                rows=None):
+  codec = codec or tiny_lm.char_codec()
+  prefix, _ = sampler.extend(cfg, params, None, [0] * len(prompts), prompts, mesh=mesh)
+  parent = np.repeat(rows or np.arange(len(prompts)), num_samples).tolist()
+  return sampler.decode(cfg, params, prefix, parent, codec, sc, seed, mesh=mesh), prefix
+
+
+@pytest.mark.parametrize("gemma2", [False, True], ids=["gemma", "gemma2_local_softcap"])
+def test_greedy_equals_full_forward_left_padded_batch(lm, gemma2):
+  cfg = tiny_lm.small_cfg(vocab_size=lm[0].vocab_size, gemma2=gemma2)
+  params = tiny_lm.lively_params(cfg, seed=1)
+  stop = 1
+  sc = sampler.SamplerConfig(max_new_tokens=14, temperature=0.0)
+  comps, _ = _decode_ids(cfg, params, PROMPTS, sc)
+  for prompt, c in zip(PROMPTS, comps):
+    ref = tiny_lm.greedy_reference(cfg, params, prompt, 14, stop_ids=(stop,))
+    assert c.token_ids == ref
+    assert c.finish_reason == ("stop" if ref[-1] == stop else "length")
+    ref_lp = [float(jax.nn.log_softmax(tiny_lm.full_logits(cfg, params, prompt + ref[:i])[-1])[t])
+              for i, t in enumerate(ref)]
+    np.testing.assert_allclose(c.logprobs, ref_lp, atol=2e-4)
+
+
+def test_top_k_1_equals_greedy(lm):
+  cfg, params = lm
+  greedy, _ = _decode_ids(cfg, params, PROMPTS, sampler.SamplerConfig(14, temperature=0.0))
+  got, _ = _decode_ids(cfg, params, PROMPTS, sampler.SamplerConfig(14, temperature=1.5, top_k=1),
+                       seed=3)
+  assert [c.token_ids for c in got] == [c.token_ids for c in greedy]
+
+
+def test_filter_logits_keeps_top_k_and_nucleus():
+  probs = np.array([[0.05, 0.5, 0.15, 0.3]], np.float32)
+  logits = np.log(probs)
+
+  def kept(**kw):
+    spec = sampler._DecodeSpec(4, kw.pop("temperature", 1.0), kw.get("top_k", 0),
+                               kw.get("top_p", 1.0), (), ())
+    return np.isfinite(np.asarray(sampler._filter_logits(logits, spec)))[0].tolist()
+
+  assert kept(top_k=2) == [False, True, False, True]
+  assert kept(top_p=0.7) == [False, True, False, True]  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
+  assert kept(top_p=0.85) == [False, True, True, True]
+  assert kept(top_p=0.5) == [False, True, False, False]
+  assert kept(top_k=3, top_p=0.9) == [False, True, True, True]
+
+
+def test_seeds_reproducible_and_samples_reuse_prompt_cache(lm):
+  cfg, params = lm
+  sc = SAMPLED
+  a, _ = _decode_ids(cfg, params, PROMPTS, sc, seed=7, num_samples=2)
+  b, _ = _decode_ids(cfg, params, PROMPTS, sc, seed=7, num_samples=2)
+  c, _ = _decode_ids(cfg, params, PROMPTS, sc, seed=8, num_samples=2)
+  ids = lambda cs: [x.token_ids for x in cs]  # noqa: E731
+  assert ids(a) == ids(b)
+  assert ids(a) != ids(c)
+  assert len({tuple(x) for x in ids(a)}) == 6  # the samples of one prompt differ too
+  # Sharing one prefilled prompt across its samples = prefilling the prompt once per sample.
+  repeated = [p for p in PROMPTS for _ in range(2)]
+  d, _ = _decode_ids(cfg, params, repeated, sc, seed=7)
+  assert ids(d) == ids(a)
+
+
+def test_stop_token_and_stop_string(lm):
+  cfg, params = lm
+  codec = tiny_lm.char_codec(eos_id=1)
+  ref = tiny_lm.greedy_reference(cfg, params, PROMPTS[1], 12)
+  assert 1 not in ref and len(set(ref[:6])) > 2, ref  # the test needs a varied greedy path
+  k = next(i for i in range(1, 12) if ref[i] not in ref[:i])
+  sc = sampler.SamplerConfig(12, temperature=0.0, stop_token_ids=(ref[k],))
+  (c,), _ = _decode_ids(cfg, params, PROMPTS, sc, codec=codec, rows=[1])
+  assert c.token_ids == ref[:k + 1] and c.finish_reason == "stop"
+  assert c.text == codec.decode(ref[:k])
+  # A two-token stop string: the loop stops right after it, and the text ends before it.
+  j = next(i for i in range(2, 11) if codec.decode(ref[i:i + 2]) not in codec.decode(ref[:i + 1]))
+  sc = sampler.SamplerConfig(12, temperature=0.0, stop_strings=(codec.decode(ref[j:j + 2]),))
+  (c,), _ = _decode_ids(cfg, params, PROMPTS, sc, codec=codec, rows=[1])
+  assert c.token_ids == ref[:j + 2] and c.finish_reason == "stop"
+  assert c.text == codec.decode(ref[:j])
+
+
+def test_text_api_one_compile_per_bucket(lm, vocab):
+  cfg, params = lm
+  sc = sampler.SamplerConfig(max_new_tokens=9, temperature=0.8, top_k=20, top_p=0.95)
+  out = sampler.sample(cfg, params, vocab, ["the cat", "a mat on"], sc, seed=1, num_samples=2)
+  assert [len(x) for x in out] == [2, 2]
+  for c in (c for cs in out for c in cs):
+    ids = c.token_ids[:-1] if c.finish_reason == "stop" else c.token_ids
+    assert c.text == vocab.decode(ids) and len(c.token_ids) <= 9
+  before = dict(sampler.TRACES)
+  # Other prompts, lengths and seed within the same buckets: no new trace.
+  again = sampler.sample(cfg, params, vocab, ["sat", "the mat. No"], sc, seed=2, num_samples=2)
+  assert dict(sampler.TRACES) == before
+  assert [c.text for cs in again for c in cs] != [c.text for cs in out for c in cs]
+  # A longer prompt lands in the next length bucket: one new trace (an odd bucket no test shares).
+  sampler.extend(cfg, params, None, [0, 0], [list(range(2, 25))] * 2, length_buckets=(16, 40))
+  assert sampler.TRACES["extend"] == before["extend"] + 1
+
+
+def test_sharded_sampling_equals_single_device_with_sharded_cache(lm):
+  cfg, params = lm
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  sharded = jax.device_put(params, model_lib.param_shardings(cfg, mesh))
+  single, _ = _decode_ids(cfg, params, PROMPTS, SAMPLED, seed=5, num_samples=2)
+  multi, prefix = _decode_ids(cfg, sharded, PROMPTS, SAMPLED, seed=5, num_samples=2, mesh=mesh)
+  assert [c.token_ids for c in multi] == [c.token_ids for c in single]
+  np.testing.assert_allclose([c.logprobs for c in multi], [c.logprobs for c in single], atol=1e-4)
+  # Rows over (data, fsdp), kv heads over tensor: 1/8 of the cache per device.
+  spec = tuple(prefix.cache["k"].sharding.spec)
+  assert spec + (None,) * (5 - len(spec)) == (None, ("data", "fsdp"), None, "tensor", None)
+  shard = prefix.cache["k"].addressable_shards[0].data.shape
+  assert np.prod(shard) * 8 == np.prod(prefix.cache["k"].shape)
