@@ -1,0 +1,394 @@
+"""Memory and speed plan of the real train step for a model on a TPU slice, by compiling it.
+
+    python -m genrm_jax.plan --model gemma_2b --topology v5e:4x4 --batch 64 --seq_len 1024 \\
+        [--mesh data=1,fsdp=16,tensor=1] [--remat dots] [--grad_accum 1] [--search]
+    python -m genrm_jax.plan --topology v5e:4x4 --gin_file gemma_2b.gin \\
+        --gin_file gsm8k_genrm_cot.gin --gin_file paper.gin --gin_file topology/v5e_16_gemma_2b.gin
+
+The step is ``step.make_train_step``, lowered on abstract inputs (no parameters are allocated)
+for the slice's devices and compiled ahead of time. With the TPU compiler (``pip install
+genrm-jax[tpu-plan]``: libtpu) the devices come from ``jax.experimental.topologies`` and the
+numbers are the TPU compiler's own. Without it, the same step is compiled for as many simulated
+CPU devices; CPU buffer assignment differs from TPU's, so its temporary memory is only indicative,
+and an analytical activation estimate is printed beside it. ``--search`` compiles a small grid of
+remat policies and gradient-accumulation steps on the mesh and marks the best one that fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import sys
+from typing import Sequence
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  hbm_bytes: int
+  peak_bf16_flops: float  # per chip, dense
+
+
+# Public Cloud TPU figures per chip.
+CHIPS = {
+    "v4": Chip("TPU v4", 32 * GiB, 275e12),
+    "v5e": Chip("TPU v5e", 16 * GiB, 197e12),
+    "v5p": Chip("TPU v5p", 95 * GiB, 459e12),
+    "v6e": Chip("TPU v6e", 32 * GiB, 918e12),
+}
+# The fraction of HBM a plan may fill: XLA and the runtime keep some for themselves.
+HBM_BUDGET = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  chip: Chip
+  name: str  # e.g. "v5e:4x4", as jax.experimental.topologies names it
+  num_chips: int
+
+
+def parse_topology(name: str) -> Topology:
+  m = re.fullmatch(r"(v4|v5e|v5p|v6e):(\d+(?:x\d+)*)", name)
+  if not m:
+    raise ValueError(f"topology {name!r}: expected KIND:AxB[xC] with KIND in {sorted(CHIPS)}, "
+                     "e.g. v5e:4x4 (16 chips)")
+  return Topology(CHIPS[m.group(1)], name, math.prod(int(x) for x in m.group(2).split("x")))
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanSpec:
+  model: str
+  topology: str
+  batch: int = 64
+  seq_len: int = 1024
+  mesh: tuple[int, int, int] | None = None  # (data, fsdp, tensor); None: all chips on fsdp
+  remat: str = "none"
+  grad_accum: int = 1
+  objective: str = "lm"
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+  scan_layers: bool = True
+  mfu: float = 0.4
+  # Field overrides of the preset beyond the ones above (e.g. from a gin model file).
+  model_overrides: tuple[tuple[str, object], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  spec: PlanSpec
+  mesh: tuple[int, int, int]
+  backend: str  # "tpu" (TPU compiler) or "cpu" (simulated devices)
+  params_bytes: int  # per chip
+  opt_bytes: int  # per chip
+  compiled_temp_bytes: int  # per chip: activations, gradients and scratch
+  compiled_total_bytes: int  # per chip: arguments + outputs not aliased + temp
+  analytic_act_bytes: int  # per chip: saved activations + logits, the analytical model
+  compiled_flops: float  # per step, all chips, from XLA (unscanned layers only; else NaN)
+  model_flops: float  # per step, 6N + attention (the MFU numerator)
+  hbm_bytes: int
+
+  @property
+  def fits(self) -> bool:
+    return self.compiled_total_bytes <= HBM_BUDGET * self.hbm_bytes
+
+  def step_seconds(self, peak: float, chips: int) -> float:
+    return self.model_flops / (chips * peak * self.spec.mfu)
+
+
+def _default_mesh(chips: int, batch: int) -> tuple[int, int, int]:
+  fsdp = math.gcd(chips, batch)
+  return (1, fsdp, chips // fsdp) if chips // fsdp > 1 else (1, chips, 1)
+
+
+def _devices(topo: Topology, backend: str):
+  import jax  # pylint: disable=g-import-not-at-top
+  if backend == "tpu":
+    from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+    return list(topologies.get_topology_desc(topology_name=topo.name, platform="tpu").devices)
+  devices = jax.devices("cpu")
+  if len(devices) < topo.num_chips:
+    raise RuntimeError(
+        f"CPU fallback needs {topo.num_chips} simulated devices for {topo.name} but jax has "
+        f"{len(devices)}: run `python -m genrm_jax.plan` in a fresh process (it sets XLA_FLAGS) or "
+        f"set XLA_FLAGS=--xla_force_host_platform_device_count={topo.num_chips}")
+  return devices[:topo.num_chips]
+
+
+def _per_chip_bytes(tree) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+    total += int(np.prod(shape)) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def analytic_activation_bytes(cfg, spec: PlanSpec, mesh: tuple[int, int, int]) -> int:
+  """Saved-for-backward activations of one micro-batch per chip, plus the fp32 logits.
+
+  Per token and layer, in the compute dtype: remat "full" keeps the layer input (D); "dots" keeps
+  the matmul outputs (q, k, v, attention out, gate, up, MLP out); "none" also keeps norms,
+  the activation product and the fp32 attention probabilities. Tensor parallelism splits heads
+  and the MLP hidden. The [T, V] fp32 logits and their gradient are counted once.
+  """
+  data, fsdp, tensor = mesh
+  tokens = spec.batch // spec.grad_accum * spec.seq_len // (data * fsdp)
+  b = 2 if spec.dtype == "bfloat16" else 4
+  d, f, h = cfg.embed_dim, cfg.hidden_dim, cfg.head_dim
+  n, k = cfg.num_heads, cfg.num_kv_heads
+  qkvo = (2 * n + 2 * k) * h / tensor
+  # Every activation matmul has a batch dimension, so "dots_no_batch" saves what "full" saves.
+  if spec.remat in ("full", "dots_no_batch"):
+    per_layer = b * d
+  elif spec.remat == "dots":
+    per_layer = b * (d + qkvo + 2 * f / tensor)
+  else:
+    attn_probs = 2 * 4 * n * spec.seq_len / tensor
+    per_layer = b * (6 * d + qkvo + 3 * f / tensor) + attn_probs
+  logits = 2 * 4 * cfg.vocab_size / tensor
+  return int(tokens * (cfg.num_layers * per_layer + logits))
+
+
+def make_plan(spec: PlanSpec, backend: str) -> Plan:
+  """Lowers and compiles the trainer's step for ``spec`` on ``backend`` devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+
+  from genrm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from genrm_jax import objectives, optim, sharding, step  # pylint: disable=g-import-not-at-top
+
+  topo = parse_topology(spec.topology)
+  mesh_shape = spec.mesh or _default_mesh(topo.num_chips, spec.batch)
+  if math.prod(mesh_shape) != topo.num_chips:
+    raise ValueError(f"mesh data x fsdp x tensor = {mesh_shape} has {math.prod(mesh_shape)} "
+                     f"devices but {topo.name} has {topo.num_chips} chips")
+  cfg = config_lib.preset(spec.model, **dict(spec.model_overrides)).replace(
+      dtype=spec.dtype, param_dtype=spec.param_dtype, remat_policy=spec.remat,
+      scan_layers=spec.scan_layers, max_seq_len=max(spec.seq_len, 1))
+  mesh = Mesh(np.asarray(_devices(topo, backend)).reshape(mesh_shape), sharding.MESH_AXES)
+  sharding.check_divides(mesh, batch=spec.batch // spec.grad_accum, num_heads=cfg.num_heads,
+                         where=f"plan {spec.model} on {spec.topology}")
+  obj = objectives.ObjectiveConfig(kind=spec.objective)
+  opt = optim.OptimConfig()
+  state = step.abstract_state(cfg, obj, opt, mesh)
+  batch = objectives.abstract_batch(spec.objective, spec.batch, spec.seq_len,
+                                    step.batch_shardings(spec.objective, mesh))
+  train_step = step.make_train_step(cfg, obj, opt, mesh, grad_accum=spec.grad_accum)
+  params_bytes = _per_chip_bytes(state.params) + _per_chip_bytes(state.ref_params)
+  opt_bytes = _per_chip_bytes(state.opt_state)
+  try:
+    compiled = train_step.lower(state, batch).compile()
+  except jax.errors.JaxRuntimeError as e:
+    # The TPU compiler refuses a program that cannot fit; it names the temporaries' size.
+    m = _OOM.search(str(e))
+    if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+      raise
+    temp = int(float(m.group(1)) * _UNITS[m.group(2)])
+    total, flops = params_bytes + opt_bytes + _per_chip_bytes(batch) + temp, float("nan")
+  else:
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    temp = mem.temp_size_in_bytes
+    total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+             + temp)
+    # XLA's cost analysis counts a while loop's body once, so scanned layers are undercounted.
+    flops = float("nan") if cfg.scan_layers else (
+        float(cost.get("flops", float("nan"))) * topo.num_chips)
+  return Plan(spec=spec, mesh=tuple(mesh_shape), backend=backend, params_bytes=params_bytes,
+              opt_bytes=opt_bytes, compiled_temp_bytes=int(temp), compiled_total_bytes=int(total),
+              analytic_act_bytes=analytic_activation_bytes(cfg, spec, mesh_shape),
+              compiled_flops=flops,
+              model_flops=objectives.flops_per_example(obj, cfg, spec.seq_len) * spec.batch,
+              hbm_bytes=topo.chip.hbm_bytes)
+
+
+_OOM = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\)")
+_UNITS = {"K": 1024, "M": 1024 ** 2, "G": GiB, "T": 1024 * GiB}
+
+
+def search(base: PlanSpec, backend: str, log=print) -> list[Plan]:
+  """For each remat policy, the fewest gradient-accumulation steps that fit, on ``base``'s mesh.
+
+  Stops at the first policy whose plan fits with one micro-batch: slower policies cannot win.
+  """
+  topo = parse_topology(base.topology)
+  mesh = base.mesh or _default_mesh(topo.num_chips, base.batch)
+  rows_per_replica = base.batch // (mesh[0] * mesh[1])
+  plans = []
+  for remat in SEARCH_REMAT:
+    accum = 1
+    while accum <= rows_per_replica:
+      spec = dataclasses.replace(base, mesh=mesh, remat=remat, grad_accum=accum)
+      try:
+        plan = make_plan(spec, backend)
+      except ValueError as e:
+        log(f"skipped remat {remat} grad_accum {accum}: {e}")
+        break
+      plans.append(plan)
+      if plan.fits:
+        break
+      accum *= 2
+    if plans and plans[-1].fits and plans[-1].spec.grad_accum == 1:
+      break
+  return plans
+
+
+# Cheapest recomputation first.
+SEARCH_REMAT = ("none", "dots", "full")
+# Forward passes recomputed in the backward pass, as a fraction of the 3 passes of a train step:
+# "dots" keeps every matmul output and recomputes only elementwise work.
+RECOMPUTE = {"none": 1.0, "dots": 1.0, "dots_no_batch": 4 / 3, "full": 4 / 3}
+
+
+def best(plans: Sequence[Plan]) -> Plan | None:
+  """The plan that fits with the least recomputation; ties go to fewer micro-batches."""
+  fitting = [p for p in plans if p.fits]
+  if not fitting:
+    return None
+  return min(fitting, key=lambda p: (RECOMPUTE[p.spec.remat], p.spec.grad_accum,
+                                     p.compiled_total_bytes))
+
+
+def table(plans: Sequence[Plan], chosen: Plan | None = None) -> str:
+  """A markdown table; memory per chip, FLOPs and time per step of the whole slice."""
+  big = any(p.compiled_total_bytes >= GiB for p in plans)
+  unit, scale = ("GiB", GiB) if big else ("MiB", 1024 ** 2)
+  header = (f"| model | topology | mesh d,f,t | remat | batch x seq | params {unit} | "
+            f"opt state {unit} | act+temp {unit} | act (model) {unit} | total {unit} / HBM | "
+            "fits | model FLOP/step | XLA FLOP/step | step s @MFU | tokens/s |")
+  rows = [header, "|" + "---|" * (header.count("|") - 1)]
+  for p in plans:
+    topo = parse_topology(p.spec.topology)
+    secs = p.step_seconds(topo.chip.peak_bf16_flops, topo.num_chips)
+    accum = f" /{p.spec.grad_accum}" if p.spec.grad_accum > 1 else ""
+    cells = [
+        p.spec.model + (" *" if p is chosen else ""), f"{p.spec.topology} ({p.backend})",
+        ",".join(map(str, p.mesh)), p.spec.remat, f"{p.spec.batch}x{p.spec.seq_len}{accum}",
+        f"{p.params_bytes / scale:.2f}", f"{p.opt_bytes / scale:.2f}",
+        f"{p.compiled_temp_bytes / scale:.2f}", f"{p.analytic_act_bytes / scale:.2f}",
+        f"{p.compiled_total_bytes / scale:.2f} / {p.hbm_bytes / scale:.0f}",
+        "yes" if p.fits else "NO", f"{p.model_flops:.3g}",
+        "n/a" if math.isnan(p.compiled_flops) else f"{p.compiled_flops:.3g}",
+        f"{secs:.3g} @{p.spec.mfu:.0%}",
+        f"{p.spec.batch * p.spec.seq_len / secs:,.0f}"]
+    rows.append("| " + " | ".join(cells) + " |")
+  return "\n".join(rows)
+
+
+def tpu_compiler_available() -> bool:
+  return importlib.util.find_spec("libtpu") is not None
+
+
+def _parse_mesh(text: str | None) -> tuple[int, int, int] | None:
+  if not text:
+    return None
+  sizes = {"data": 1, "fsdp": 1, "tensor": 1}
+  for part in text.split(","):
+    key, _, value = part.partition("=")
+    if key not in sizes or not value.isdigit():
+      raise argparse.ArgumentTypeError(f"--mesh {text!r}: expected data=N,fsdp=N,tensor=N")
+    sizes[key] = int(value)
+  return sizes["data"], sizes["fsdp"], sizes["tensor"]
+
+
+def spec_from_gin(gin_files: Sequence[str], bindings: Sequence[str], topology: str,
+                  mfu: float) -> PlanSpec:
+  """The PlanSpec of a trainer gin composition: its model, batch, rows, mesh, remat, objective."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from genrm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from genrm_jax import train  # pylint: disable=g-import-not-at-top
+  train.parse_gin(list(gin_files), list(bindings))
+  exp = train.experiment_from_gin()
+  try:
+    preset = gin.query_parameter("model_config.preset")
+  except ValueError:
+    preset = "tiny"  # model_config's default
+  chips = parse_topology(topology).num_chips
+  sizes = [exp.train.mesh_data, exp.train.mesh_fsdp, exp.train.mesh_tensor]
+  if -1 in sizes:
+    sizes[sizes.index(-1)] = chips // -math.prod(sizes)
+  base = config_lib.preset(preset)
+  overrides = tuple((f.name, getattr(exp.model, f.name)) for f in dataclasses.fields(exp.model)
+                    if getattr(exp.model, f.name) != getattr(base, f.name))
+  return PlanSpec(model=preset, topology=topology, batch=exp.train.batch_size,
+                  seq_len=exp.data.seq_len, mesh=tuple(sizes), remat=exp.model.remat_policy,
+                  grad_accum=exp.train.grad_accum, objective=exp.objective.kind,
+                  dtype=exp.model.dtype, param_dtype=exp.model.param_dtype,
+                  scan_layers=exp.model.scan_layers, mfu=mfu, model_overrides=overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m genrm_jax.plan", description=__doc__.split("\n")[0])
+  ap.add_argument("--model", help="a config preset: gemma_2b, gemma_7b, ...")
+  ap.add_argument("--gin_file", action="append", default=[],
+                  help="plan a trainer gin composition instead of --model/--batch/...")
+  ap.add_argument("--gin_bindings", action="append", default=[])
+  ap.add_argument("--topology", required=True, help="e.g. v5e:4x4, v5p:2x2x2, v4:2x2x4")
+  ap.add_argument("--batch", type=int, default=PlanSpec.batch, help="global batch (rows)")
+  ap.add_argument("--seq_len", type=int, default=PlanSpec.seq_len)
+  ap.add_argument("--mesh", type=_parse_mesh, default=None,
+                  help="data=..,fsdp=..,tensor=.. (default: every chip on fsdp)")
+  ap.add_argument("--remat", default=PlanSpec.remat, help="none, dots, dots_no_batch, full")
+  ap.add_argument("--grad_accum", type=int, default=1)
+  ap.add_argument("--objective", default="lm", choices=("lm", "disc", "dpo"))
+  ap.add_argument("--dtype", default=PlanSpec.dtype, help="compute dtype")
+  ap.add_argument("--param_dtype", default=PlanSpec.param_dtype, help="master weight dtype")
+  ap.add_argument("--no_scan", action="store_true", help="unrolled layers (slower to compile)")
+  ap.add_argument("--mfu", type=float, default=PlanSpec.mfu,
+                  help="model FLOPs utilisation assumed for the step time")
+  ap.add_argument("--search", action="store_true",
+                  help="try remat none/dots/full with growing --grad_accum on the mesh; mark the "
+                       "best plan that fits")
+  ap.add_argument("--cpu", action="store_true", help="simulated CPU devices even with libtpu")
+  args = ap.parse_args(argv)
+
+  topo = parse_topology(args.topology)
+  backend = "tpu" if tpu_compiler_available() and not args.cpu else "cpu"
+  if backend == "cpu":
+    # Must happen before JAX starts its CPU backend.
+    flag = f"--xla_force_host_platform_device_count={topo.num_chips}"
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                   os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+    print(f"note: the TPU compiler (libtpu) is not installed; compiling for {topo.num_chips} "
+          "simulated CPU devices instead. Memory from the CPU compiler is indicative only; "
+          "'act (model)' is the analytical estimate. For TPU numbers: "
+          "pip install 'genrm-jax[tpu-plan]'.", file=sys.stderr)
+  if args.gin_file:
+    base = spec_from_gin(args.gin_file, args.gin_bindings, args.topology, args.mfu)
+  elif args.model:
+    base = PlanSpec(model=args.model, topology=args.topology, batch=args.batch,
+                    seq_len=args.seq_len, mesh=args.mesh, remat=args.remat,
+                    grad_accum=args.grad_accum, objective=args.objective, dtype=args.dtype,
+                    param_dtype=args.param_dtype, scan_layers=not args.no_scan, mfu=args.mfu)
+  else:
+    ap.error("give --model or --gin_file")
+  if args.search:
+    plans = search(base, backend, log=lambda m: print(m, file=sys.stderr))
+  else:
+    try:
+      plans = [make_plan(base, backend)]
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+  chosen = best(plans) if args.search else None
+  print(table(plans, chosen))
+  if args.search:
+    print("\n* = chosen: fits in "
+          f"{HBM_BUDGET:.0%} of HBM with the least recomputation, then the fewest micro-batches"
+          if chosen else
+          "\nnothing fits: raise --grad_accum, use remat full, or a larger slice")
+  return 0 if plans else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,59 @@
+# shellcheck shell=bash
+# Shared by launch/*.sh: dry-run aware command runner. Source it; do not run it.
+
+# DRY_RUN=1 (or --dry-run, parsed by each script) prints every command instead of running it.
+DRY_RUN="${DRY_RUN:-0}"
+
+# Quotes one word for a POSIX shell: bare when safe, else in single quotes, or in double quotes
+# when it holds single quotes but nothing double quotes would expand.
+quote_word() {
+  local safe='^[A-Za-z0-9_./:=,@%+-]+$' dq_safe='^[^"$`\\!]*$'
+  if [[ "$1" =~ ${safe} ]]; then
+    printf '%s' "$1"
+  elif [[ "$1" != *"'"* ]]; then
+    printf "'%s'" "$1"
+  elif [[ "$1" =~ ${dq_safe} ]]; then
+    printf '"%s"' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+# Joins a command into one shell-quoted line (no newline), e.g. for ssh --command.
+quote_cmd() {
+  local sep="" arg
+  for arg in "$@"; do
+    printf '%s' "${sep}"
+    quote_word "${arg}"
+    sep=" "
+  done
+}
+
+# Prints a command as one line that can be pasted back into a shell.
+print_cmd() {
+  quote_cmd "$@"
+  printf '\n'
+}
+
+# Runs a command, or only prints it when DRY_RUN=1.
+run() {
+  if [[ "${DRY_RUN}" == "1" ]]; then
+    print_cmd "$@"
+  else
+    print_cmd "$@" >&2
+    "$@"
+  fi
+}
+
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 2
+}
+
+# Fails with the variable's name when a required setting is empty.
+require() {
+  local name
+  for name in "$@"; do
+    [[ -n "${!name:-}" ]] || die "${name} is not set (see the usage at the top of the script)"
+  done
+}
