@@ -267,14 +267,13 @@ class Transformer(nn.Module):
       new_layers = None if new is None else jax.tree.map(
           lambda c: c.reshape((cfg.num_layers,) + c.shape[2:]), new)
     else:
-      outs = []
+      new_layers = layer_caches
       for i, block in enumerate(self.blocks):
-        lc = None if layer_caches is None else {"k": layer_caches["k"][i],
-                                                  "v": layer_caches["v"][i]}
+        lc = None if new_layers is None else {k: v[i] for k, v in new_layers.items()}
         x, c = block(x, positions, masks, lc, write_index)
-        outs.append(c)
-      new_layers = None if cache is None else {
-          "k": jnp.stack([c["k"] for c in outs]), "v": jnp.stack([c["v"] for c in outs])}
+        if c is not None:
+          # Updated layer by layer in place: re-stacking would copy the whole cache every step.
+          new_layers = {k: new_layers[k].at[i].set(c[k]) for k in new_layers}
 
     hidden = self.final_norm(x)
     logits = self.unembed(hidden)

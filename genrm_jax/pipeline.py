@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import gin
 
 from genrm_jax import algorithmic
+from genrm_jax import formats
 from genrm_jax import vocab as vocab_lib
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -63,8 +64,8 @@ class PipelineConfig:
   # Gin files of the stages (relative to gin_configs/), composed model + task + run size.
   model_gin: str = "tiny.gin"
   policy_gin: str = "pipeline/policy.gin"
-  policy_steps: int = 1200
-  verifier_steps: int = 400
+  policy_steps: int = 500
+  verifier_steps: int = 150
   # Test pool: problems of the test length, N samples each; the paper's GSM8K N is 16.
   test_problems: int = 100
   num_samples: int = 16
@@ -73,6 +74,10 @@ class PipelineConfig:
   train_problems_per_length: int = 200
   train_samples: int = 8
   cot_votes: int = 4
+  # Longest solution / rationale sampled (6-word solutions and their checks fit with room).
+  max_solution_tokens: int = 128
+  max_rationale_tokens: int = 192
+  rationale_temperature: float = 0.7
   verifiers: tuple[str, ...] = tuple(v.name for v in VERIFIERS)
   extra_bindings: tuple[str, ...] = ()
 
@@ -137,7 +142,8 @@ class Runner:
     pc = self.pc
     return ["--checkpoint", self.path("policy", "model"), "--task", pc.task, "--split", split,
             "--num_problems", str(problems), "--num_samples", str(samples),
-            "--temperature", str(pc.temperature), "--seed", str(pc.seed), "--out", out]
+            "--temperature", str(pc.temperature), "--max_new_tokens",
+            str(pc.max_solution_tokens), "--seed", str(pc.seed), "--out", out]
 
   def run(self) -> dict:
     from genrm_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
@@ -176,6 +182,11 @@ class Runner:
     eval_dir = self.path("eval")
     eval_args = ["--task", pc.task, "--candidates", test_cands, "--out", eval_dir,
                  "--cot_votes", str(pc.cot_votes), "--seed", str(pc.seed), "--overwrite"]
+    for b in ("ScoringConfig.rationale = @SamplerConfig()",
+              f"SamplerConfig.max_new_tokens = {pc.max_rationale_tokens}",
+              f"SamplerConfig.temperature = {pc.rationale_temperature}",
+              f"SamplerConfig.stop_strings = ({formats.VERDICT_QUESTION!r},)"):
+      eval_args += ["--gin_bindings", b]
     for spec in specs:
       eval_args += ["--verifier",
                     f"{spec.name}={self.path('verifiers', spec.name, 'model')}:{spec.method}"]
