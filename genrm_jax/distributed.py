@@ -199,6 +199,24 @@ def to_host(tree: Any) -> Any:
   return jax.tree.map(one, tree)
 
 
+def allgather_ragged(local: np.ndarray) -> list[np.ndarray]:
+  """Every process's ``local`` array (lengths on axis 0 may differ), by process, on every process.
+
+  The arrays travel as raw bytes, padded to the longest, so any dtype (float64 included, which
+  JAX would otherwise narrow to float32) arrives bit for bit. Trailing shapes and dtypes must agree.
+  """
+  local = np.ascontiguousarray(local)
+  if jax.process_count() == 1:
+    return [local]
+  raw = local.reshape(-1).view(np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([raw.size], np.int32)).reshape(-1)
+  padded = np.zeros(max(int(sizes.max()), 1), np.uint8)
+  padded[:raw.size] = raw
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [gathered[p, :n].view(local.dtype).reshape((-1,) + local.shape[1:])
+          for p, n in enumerate(sizes)]
+
+
 def sync(name: str) -> None:
   """A barrier across processes (no-op with one process), e.g. before process 0 reads files."""
   if jax.process_count() > 1:

@@ -17,6 +17,14 @@ Writes, atomically, DIR/results.json ({method: {str(N): accuracy}}; model-free r
 DIR/meta.json (pool sizes, what was run and what is missing) and DIR/best_of_n.png, and prints the
 table. Accuracies at N are exact expectations over random N-subsets of each pool (see
 ``genrm_jax.evaluation``; a problem with fewer than N candidates uses its whole pool).
+
+With several JAX processes (``--distributed``, see ``genrm_jax.distributed``), process p scores
+only the problems ``pools[p::num_processes]``, each verifier replicated on its own host's devices
+(``EvalConfig.mesh`` then shapes the local devices): verifiers small enough to evaluate need no
+cross-host mesh, and hosts exchange only the finished scores. Every process reads the candidates
+file (all must see it, as they must see DIR); process 0 alone computes, prints and writes the
+results. ``--policy`` sampling runs in one process only: with several, sample first with
+``genrm_jax.generate``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import sys
 import time
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from genrm_jax import candidates as cands
@@ -39,6 +48,7 @@ from genrm_jax import generate as gen
 from genrm_jax import objectives
 from genrm_jax import sampler
 from genrm_jax import scoring
+from genrm_jax import sharding
 
 # Command-line method name -> genrm_jax.scoring method (scoring's own names are accepted too).
 METHODS = {"direct": "genrm", "cot": "genrm_cot", "discriminative": "disc", "dpo": "dpo",
@@ -65,7 +75,7 @@ class EvalConfig:
   mc_samples: int = 2000
   require_gold: bool = False
   policy: str = ""  # sample the candidates from this checkpoint (GenerateConfig) instead
-  mesh: tuple[int, ...] = ()
+  mesh: tuple[int, ...] = ()  # over this process's devices
   overwrite: bool = False
 
 
@@ -94,10 +104,10 @@ def parse_verifier(spec: str) -> VerifierSpec:
 
 
 def score_pools(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
-                task: gen.Task) -> list[np.ndarray]:
-  """One score per candidate of every pool, from one verifier."""
+                task: gen.Task) -> np.ndarray:
+  """One score per candidate of ``pools`` (flat, in order), from one verifier on local devices."""
   method = METHODS[spec.method]
-  mesh = gen.make_mesh(ec.mesh)
+  mesh = sharding.make_mesh(*ec.mesh, devices=jax.local_devices()) if ec.mesh else None
   what = f"verifier {spec.name}"
   head = None
   if method == "disc":
@@ -111,10 +121,29 @@ def score_pools(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
   opts = gen.configure(scoring.ScoringConfig, instruction=task.instruction,
                        num_rationales=ec.cot_votes or None)
   flat = [c for p in pools for c in p.candidates]
+  if not flat:  # more processes than problems
+    return np.zeros(0)
   result = scoring.score(method, cfg, params, vocab, [c["question"] for c in flat],
                          [c["solution"] for c in flat], opts, head=head, seed=ec.seed, mesh=mesh)
-  bounds = np.cumsum([0] + [len(p) for p in pools])
-  return [np.asarray(result.scores[a:b], np.float64) for a, b in zip(bounds[:-1], bounds[1:])]
+  return np.asarray(result.scores, np.float64)
+
+
+def score_shared(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
+                 task: gen.Task) -> list[np.ndarray]:
+  """Every pool's scores on every process; process p scores its share ``pools[p::count]``."""
+  count = jax.process_count()
+  per_process = distributed.allgather_ragged(
+      score_pools(spec, pools[jax.process_index()::count], ec, task))
+  out: list[np.ndarray] = [np.zeros(0)] * len(pools)
+  for p, flat in enumerate(per_process):
+    share = range(p, len(pools), count)
+    bounds = np.cumsum([0] + [len(pools[i]) for i in share])
+    if bounds[-1] != len(flat):
+      raise RuntimeError(f"verifier {spec.name}: process {p} returned {len(flat)} scores for "
+                         f"{bounds[-1]} candidates")
+    for i, a, b in zip(share, bounds[:-1], bounds[1:]):
+      out[i] = flat[a:b]
+  return out
 
 
 def read_scores(path: str, pools: Sequence[cands.Pool]) -> dict[str, list[np.ndarray]]:
@@ -216,9 +245,38 @@ def _scores_lines(pools, scores):
              "scores": {name: float(s[i][j]) for name, s in scores.items()}}
 
 
+def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierSpec],
+                  pools: Sequence[cands.Pool], scores: dict[str, list[np.ndarray]],
+                  task: gen.Task, cand_file: str, t0: float
+                  ) -> tuple[dict[str, dict[str, float]], list[str]]:
+  """Computes the results and writes results.json, scores.jsonl, meta.json and the plot."""
+  results, notes = compute_results(pools, scores, ec, task)
+  if not scores:
+    notes.append("no verifier: only the model-free rows; pass --verifier NAME=MODEL_DIR:METHOD "
+                 f"(METHOD in {', '.join(list(METHODS)[:6])}) or --scores_file for Best-of-N rows")
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  cands.write_jsonl_atomic(os.path.join(out, "scores.jsonl"), _scores_lines(pools, scores))
+  sizes = [len(p) for p in pools]
+  meta = {"task": ec.task, "candidates": cand_file if ec.candidates else "candidates.jsonl",
+          "num_problems": len(pools), "pool_sizes": {"min": min(sizes), "max": max(sizes),
+                                                     "mean": float(np.mean(sizes))},
+          "verifiers": [dataclasses.asdict(s) for s in specs], "notes": notes,
+          "config": dataclasses.asdict(ec), "processes": jax.process_count(),
+          "seconds": time.time() - t0}
+  with open(os.path.join(out, "meta.json"), "w") as f:
+    json.dump(meta, f, indent=2)
+  plot(results, os.path.join(out, "best_of_n.png"),
+       f"{ec.task}: {len(pools)} problems, {min(sizes)}-{max(sizes)} candidates each")
+  return results, notes
+
+
 def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: gen.GenerateConfig | None = None
-        ) -> dict[str, dict[str, float]]:
-  """Evaluates (and, with ``ec.policy``, first generates) candidates; writes ``ec.out``."""
+        ) -> dict[str, dict[str, float]] | None:
+  """Evaluates (and, with ``ec.policy``, first generates) candidates; writes ``ec.out``.
+
+  Every process must call it; the results come back on process 0, None on the others.
+  """
   t0 = time.time()
   task = gen.get_task(ec.task)
   specs = [parse_verifier(v) for v in ec.verifiers]
@@ -226,6 +284,10 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: gen.GenerateConfig | None
     raise ValueError(f"verifier names must be distinct: {[s.name for s in specs]}")
   if bool(ec.candidates) == bool(ec.policy):
     raise ValueError("give exactly one of --candidates FILE and --policy MODEL_DIR")
+  if ec.policy and jax.process_count() > 1:
+    raise ValueError("--policy samples candidates in a single process; with several processes, "
+                     "sample them first (python -m genrm_jax.generate) and pass --candidates")
+  results = None
   with checkpoint.atomic_dir(ec.out, overwrite=ec.overwrite) as tmp:
     cand_file = ec.candidates
     if ec.policy:
@@ -236,25 +298,13 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: gen.GenerateConfig | None
     pools = cands.read_candidates(cand_file, require_gold=ec.require_gold, checker=task.check)
     scores = read_scores(ec.scores_file, pools) if ec.scores_file else {}
     for spec in specs:
-      scores[spec.name] = score_pools(spec, pools, ec, task)
-    results, notes = compute_results(pools, scores, ec, task)
-    if not scores:
-      notes.append("no verifier: only the model-free rows; pass --verifier NAME=MODEL_DIR:METHOD "
-                   f"(METHOD in {', '.join(list(METHODS)[:6])}) or --scores_file for Best-of-N rows")
-    with open(os.path.join(tmp, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
-    cands.write_jsonl_atomic(os.path.join(tmp, "scores.jsonl"), _scores_lines(pools, scores))
-    sizes = [len(p) for p in pools]
-    meta = {"task": ec.task, "candidates": cand_file if ec.candidates else "candidates.jsonl",
-            "num_problems": len(pools), "pool_sizes": {"min": min(sizes), "max": max(sizes),
-                                                       "mean": float(np.mean(sizes))},
-            "verifiers": [dataclasses.asdict(s) for s in specs], "notes": notes,
-            "config": dataclasses.asdict(ec), "seconds": time.time() - t0}
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-      json.dump(meta, f, indent=2)
-    plot(results, os.path.join(tmp, "best_of_n.png"),
-         f"{ec.task}: {len(pools)} problems, {min(sizes)}-{max(sizes)} candidates each")
+      scores[spec.name] = score_shared(spec, pools, ec, task)
+    if distributed.is_main():
+      results, notes = write_outputs(tmp, ec, specs, pools, scores, task, cand_file, t0)
+  if results is None:
+    return None
   print(format_table(results))
+  sizes = [len(p) for p in pools]
   if min(sizes) != max(sizes):
     print(f"note: pools hold {min(sizes)} to {max(sizes)} candidates; at N above a pool's size "
           "that problem uses its whole pool")
