@@ -104,13 +104,19 @@ def make_problems(task: str, num_words: int, count: int, seed: int,
   return out
 
 
-def split_problems(task: str, split: str, count: int, seed: int = 0) -> list[Problem]:
-  """Problems of a split: train / validation on 2-4 words (disjoint), test on the longer length."""
+def split_problems(task: str, split: str, count: int, seed: int = 0,
+                   test_length: int | None = None) -> list[Problem]:
+  """Problems of a split: train / validation on 2-4 words (disjoint), test on the longer length
+  (the paper's, unless ``test_length`` names another)."""
   _check_task(task)
   if split not in SPLIT_SEED_OFFSET:
     raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_SEED_OFFSET)}")
   if split == "test":
-    return make_problems(task, TEST_LENGTH[task], count, seed + SPLIT_SEED_OFFSET["test"])
+    n = test_length or TEST_LENGTH[task]
+    # At a training length the test problems are still held out: none is a train/validation one.
+    exclude = ({p.words for s in ("train", "validation") for p in split_problems(task, s, count, seed)}
+               if n in TRAIN_LENGTHS else None)
+    return make_problems(task, n, count, seed + SPLIT_SEED_OFFSET["test"], exclude)
   exclude = None
   if split == "validation":
     exclude = {p.words for n in TRAIN_LENGTHS for p in make_problems(task, n, count, seed)}

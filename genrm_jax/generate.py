@@ -79,6 +79,7 @@ class GenerateConfig:
   num_samples: int = 16
   data_file: str = ""  # GSM8K jsonl ({"question", "answer"}) for --task gsm8k
   problem_seed: int = 0  # which algorithmic problems
+  test_length: int = 0  # algorithmic test split: words per problem (0 = the paper's length)
   seed: int = 0  # sampling seed
   prompts_per_batch: int = 8  # prompts sampled together (each with num_samples rows)
   mesh: tuple[int, ...] = ()  # (data, fsdp, tensor); empty = no mesh (single device)
@@ -153,7 +154,8 @@ def load_problems(gc: GenerateConfig) -> list[dict[str, Any]]:
     raise ValueError(f"--task {gc.task} needs --num_problems (problems per length)")
   return [{"question_id": f"{gc.split}-{i}", "question": p.question, "gold_answer": p.answer}
           for i, p in enumerate(algorithmic.split_problems(gc.task, gc.split, gc.num_problems,
-                                                           gc.problem_seed))]
+                                                           gc.problem_seed,
+                                                           gc.test_length or None))]
 
 
 def generate(gc: GenerateConfig, sc: sampler.SamplerConfig) -> list[dict[str, Any]]:
@@ -186,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument("--split")
   ap.add_argument("--num_problems", type=int)
   ap.add_argument("--num_samples", type=int)
+  ap.add_argument("--test_length", type=int, help="algorithmic test split: words per problem")
   ap.add_argument("--data_file")
   ap.add_argument("--seed", type=int)
   ap.add_argument("--out")
@@ -197,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parse_gin(args.gin_file, args.gin_bindings)
   gc = configure(GenerateConfig, checkpoint=args.checkpoint, task=args.task, split=args.split,
                  num_problems=args.num_problems, num_samples=args.num_samples,
-                 data_file=args.data_file, seed=args.seed, out=args.out)
+                 test_length=args.test_length, data_file=args.data_file, seed=args.seed,
+                 out=args.out)
   sc = configure(sampler.SamplerConfig, temperature=args.temperature,
                  max_new_tokens=args.max_new_tokens)
   if not gc.checkpoint or not gc.out:

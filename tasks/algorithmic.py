@@ -44,9 +44,12 @@ def register_policy_sft(task: str, lengths: tuple[int, ...] = (2, 3, 4, 5, 6),
   """``<task>_policy_sft``: SFT of a policy on reference solutions of ``lengths`` words.
 
   The end-to-end experiment trains its own small policy (the paper took a few-shot Gemma-2B);
-  test problems are excluded so the policy never sees a test question.
+  the test problems of every length are excluded, so the policy never sees a test question
+  whichever test length is evaluated.
   """
-  test = {p.words for p in algorithmic.split_problems(task, "test", problems_per_length, seed)}
+  test = {p.words for n in lengths
+          for p in algorithmic.split_problems(task, "test", problems_per_length, seed,
+                                              test_length=n)}
 
   def gold(split: str):
     del split  # one split: the policy's training data

@@ -23,6 +23,16 @@ def test_splits_lengths_determinism_and_disjointness(task):
   assert len({p.words for p in train}) == len(train) == 90
 
 
+def test_test_split_at_a_training_length_is_held_out():
+  train = {p.words for p in alg.split_problems(alg.LAST_LETTERS, "train", 300, seed=1)}
+  val = {p.words for p in alg.split_problems(alg.LAST_LETTERS, "validation", 300, seed=1)}
+  test = alg.split_problems(alg.LAST_LETTERS, "test", 300, seed=1, test_length=2)
+  assert {len(p.words) for p in test} == {2} and len(test) == 300
+  assert not {p.words for p in test} & (train | val)
+  five = alg.split_problems(alg.LAST_LETTERS, "test", 5, seed=1, test_length=5)
+  assert {len(p.words) for p in five} == {5}
+
+
 def test_reference_solutions():
   p = alg.Problem(alg.LAST_LETTERS, ("apple", "fig"))
   assert p.solution == "apple:e\nfig:g\nThe answer is eg."
