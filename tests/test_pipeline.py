@@ -16,13 +16,17 @@ from genrm_jax import pipeline
 NOISE = 0.25
 
 
-def test_quick_pipeline_runs_every_stage(tmp_path):
-  out = tmp_path / "run"
-  env = dict(os.environ)
+def _run(out):
   proc = subprocess.run(
       [sys.executable, "-m", "genrm_jax.pipeline", "--gin_file", "pipeline/quick.gin",
-       "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+       "--out", str(out)], env=dict(os.environ), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
+  out = tmp_path / "run"
+  proc = _run(out)
   for stage in ("a.", "b.", "c.", "d.", "e. train verifier discriminative",
                 "e. train verifier genrm", "e. train verifier genrm_cot", "f."):
     assert f"== {stage}" in proc.stdout
@@ -43,6 +47,12 @@ def test_quick_pipeline_runs_every_stage(tmp_path):
     assert results[name][largest] >= results["pass@1"][largest] - NOISE, name
   assert np.isclose(results["pass@1"]["1"], results["pass@n"]["1"])
   assert results["pass@n"][largest] >= results["pass@1"][largest]
+
+  # Same seed, same table: a second run from nothing writes the same candidates and results.
+  again = tmp_path / "again"
+  _run(again)
+  assert (again / "test_candidates.jsonl").read_text() == (out / "test_candidates.jsonl").read_text()
+  assert json.loads((again / "eval" / "results.json").read_text()) == results
 
 
 def test_same_seed_same_config(tmp_path):
