@@ -194,8 +194,10 @@ class Stats:
   seq_len: int = 0
 
   def summary(self) -> str:
-    fill = self.tokens / max(1, self.rows * self.seq_len)
-    return (f"{self.examples} examples in {self.rows} rows ({fill:.1%} full), "
+    # Tokens are counted when placed, rows when closed: mid-stream the open rows are not in it.
+    fill = (f"{self.tokens / (self.rows * self.seq_len):.1%} full" if self.rows
+            else "no row closed yet")
+    return (f"{self.examples} examples in {self.rows} rows ({fill}), "
             f"{self.truncated} truncated, {self.dropped} dropped as too long")
 
 
