@@ -57,3 +57,23 @@ require() {
     [[ -n "${!name:-}" ]] || die "${name} is not set (see the usage at the top of the script)"
   done
 }
+
+# The JAX build every TPU worker installs: the version the test suite ran with.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+JAX_TPU_SPEC="jax[tpu]==0.10.2"
+
+# Sets DRY_RUN, COMMAND and EXTRA_ARGS from "[--dry-run] COMMAND [--] ARGS...".
+parse_command_line() {
+  if [[ "${1:-}" == "--dry-run" ]]; then
+    DRY_RUN=1
+    shift
+  fi
+  COMMAND="${1:-}"
+  [[ -n "${COMMAND}" ]] || die "no command; see the usage at the top of ${0}"
+  shift
+  if [[ "${1:-}" == "--" ]]; then
+    shift
+  fi
+  # shellcheck disable=SC2034
+  EXTRA_ARGS=("$@")
+}

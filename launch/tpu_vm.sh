@@ -41,22 +41,11 @@ PROJECT="${PROJECT:-}"
 # Pinned so every worker gets the same interpreter and JAX as the tests ran with.
 PYTHON_VERSION="3.11"
 UV_SPEC="uv==0.13.9"
-JAX_TPU_SPEC="jax[tpu]==0.10.2"
 REMOTE_DIR="genrm-jax"
 REMOTE_VENV="genrm-venv"
 TARBALL="${TMPDIR:-/tmp}/genrm-jax.tar.gz"
 
-if [[ "${1:-}" == "--dry-run" ]]; then
-  DRY_RUN=1
-  shift
-fi
-COMMAND="${1:-}"
-[[ -n "${COMMAND}" ]] || die "no command; see the usage at the top of ${BASH_SOURCE[0]}"
-shift
-if [[ "${1:-}" == "--" ]]; then
-  shift
-fi
-EXTRA_ARGS=("$@")
+parse_command_line "$@"
 
 require TPU_NAME ZONE
 SCOPE=(--zone="${ZONE}")

@@ -34,19 +34,8 @@ DOCKER_IMAGE="${DOCKER_IMAGE:-}"
 BASE_IMAGE="${BASE_IMAGE:-python:3.11-slim}"
 GIN_FILES="${GIN_FILES:-}"
 WORKDIR="${WORKDIR:-}"
-JAX_TPU_SPEC="jax[tpu]==0.10.2"
 
-if [[ "${1:-}" == "--dry-run" ]]; then
-  DRY_RUN=1
-  shift
-fi
-COMMAND="${1:-}"
-[[ -n "${COMMAND}" ]] || die "no command; see the usage at the top of ${BASH_SOURCE[0]}"
-shift
-if [[ "${1:-}" == "--" ]]; then
-  shift
-fi
-EXTRA_ARGS=("$@")
+parse_command_line "$@"
 
 require CLUSTER ZONE PROJECT
 SCOPE=(--cluster="${CLUSTER}" --zone="${ZONE}" --project="${PROJECT}")
