@@ -68,12 +68,16 @@ def register_policy_sft(task: str, lengths: tuple[int, ...] = (2, 3, 4, 5, 6),
 def register_policy_candidates(task: str = algorithmic.LAST_LETTERS,
                                candidates_file: str | None = None, src: str = "policy",
                                lam: float = 1 / 3, problems_per_length: int = 350,
+                               max_correct: int | None = None, max_incorrect: int | None = None,
                                seed: int = 0) -> list[str]:
   """``<src>_*`` verifier tasks from candidates sampled from a policy (a candidates JSONL).
 
   Each candidate gets the programmatic step-by-step rationale of ``algorithmic.rationale``; the
   lambda-weighted SFT data are the reference solutions of the training problems. With no
   ``candidates_file`` nothing is registered (the default of ``tasks.register_all``).
+  ``max_correct`` / ``max_incorrect`` cap the candidates kept per question (as the paper capped
+  GSM8K at 16 and 16): a policy solves short problems far more often than long ones, and without
+  a cap a verifier can score solutions by their number of steps instead of checking them.
   """
   if not candidates_file:
     return []
@@ -85,7 +89,11 @@ def register_policy_candidates(task: str = algorithmic.LAST_LETTERS,
       for c in pool.candidates:
         problem = algorithmic.problem_from_question(task, c["question"])
         out.append({**c, "rationale": algorithmic.rationale(problem, c["solution"])})
-    return out
+    if max_correct is None and max_incorrect is None:
+      return out
+    big = len(out)
+    return records.cap_per_question(out, big if max_correct is None else max_correct,
+                                    big if max_incorrect is None else max_incorrect, seed)
 
   gold = functools.partial(algorithmic.gold_candidates, task,
                            problems_per_length=problems_per_length, seed=seed)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 
 import tasks  # noqa: F401  (registers every task)
 from genrm_jax import algorithmic
+from genrm_jax import candidates as candidates_lib
 from genrm_jax import data
 from genrm_jax import formats
 from genrm_jax import records
@@ -201,3 +204,26 @@ def test_bad_records_fail_clearly(vocab):
   with pytest.raises(ValueError, match="not objective"):
     data.get_batches("last_letters_verify", "train", batch_size=1, seq_len=32, objective="dpo",
                      vocab=vocab)
+
+
+def test_policy_candidates_are_capped_per_question(vocab, tmp_path):
+  # Solved at random: each question gets a different mix of right and wrong samples.
+  cands = algorithmic.candidates("last_letters", "train", problems_per_length=6,
+                                 samples_per_problem=6, error_rate=0.5, seed=3)
+  path = str(tmp_path / "cands.jsonl")
+  candidates_lib.write_candidates(path, [
+      {**c, "extracted_answer": algorithmic.extract_answer(c["solution"])} for c in cands])
+  want = collections.Counter()
+  for c in cands:
+    want[(c["question"], c["correct"])] += 1
+  for cap in ((None, None), (2, 1)):
+    alg_tasks.register_policy_candidates("last_letters", path, src="capped", max_correct=cap[0],
+                                          max_incorrect=cap[1])
+    got = collections.Counter()
+    for ex in data.tokenized_examples("capped_discriminative", "train", repeat=False,
+                                      vocab=vocab):
+      text = vocab.sp.decode(ex["inputs"].tolist())
+      question = text.split("Q: ", 1)[1].split("\n", 1)[0]
+      got[(question, bool(ex["label"]))] += 1
+    limit = {True: cap[0] or 99, False: cap[1] or 99}
+    assert got == {k: min(n, limit[k[1]]) for k, n in want.items()}, cap
