@@ -202,6 +202,8 @@ def compute_results(pools: Sequence[cands.Pool], scores: dict[str, list[np.ndarr
           for p, v, s, w in zip(pools, votes, per_pool, what)]
     else:
       notes.append(f"{name}: scores are not probabilities, so no weighted self-consistency")
+  notes.append(f"standard error over the {len(pools)} problems at N={ns[-1]}: " + ", ".join(
+      f"{name} {ev.stderr_at(c, ns[-1]):.3f}" for name, c in curves.items()))
   return {name: ev.at_ns(c, ns) for name, c in curves.items()}, notes
 
 

@@ -220,3 +220,11 @@ def at_ns(curves: Sequence[np.ndarray], ns: Sequence[int]) -> dict[str, float]:
   if not curves:
     raise ValueError("no problems to evaluate")
   return {str(n): float(np.mean([c[min(n, len(c)) - 1] for c in curves])) for n in ns}
+
+
+def stderr_at(curves: Sequence[np.ndarray], n: int) -> float:
+  """Standard error over problems of ``at_ns``'s mean at N (how far apart two methods must be)."""
+  values = [c[min(n, len(c)) - 1] for c in curves]
+  if len(values) < 2:
+    return float("nan")
+  return float(np.std(values, ddof=1) / math.sqrt(len(values)))

@@ -165,3 +165,7 @@ def test_aggregation_over_unequal_pools():
   curves = [np.array([0.5, 1.0]), np.array([0.0, 0.25, 0.5, 0.75])]
   got = ev.at_ns(curves, [1, 2, 4])
   assert got == {"1": 0.25, "2": 0.625, "4": 0.875}
+  # At N=4 the problems score 1.0 and 0.75: sample std 0.1768 over sqrt(2) problems.
+  assert ev.stderr_at(curves, 4) == pytest.approx(0.125)
+  assert ev.stderr_at(curves, 1) == pytest.approx(0.25)
+  assert math.isnan(ev.stderr_at(curves[:1], 4))
