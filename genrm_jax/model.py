@@ -95,7 +95,7 @@ class Attention(nn.Module):
   attention_type: AttentionType
 
   @nn.compact
-  def __call__(self, x, positions, mask, layer_cache, write_index):
+  def __call__(self, x, positions, mask, cache, layer, write_index):
     cfg = self.cfg
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
     dt = _dtype(cfg.dtype)
@@ -113,14 +113,15 @@ class Attention(nn.Module):
     q = sharding.constrain(q, ("batch", "length", "act_heads", None))
     kk = sharding.constrain(kk, ("batch", "length", "act_kv_heads", None))
 
-    new_cache = None
-    if layer_cache is not None:
-      kk = jax.lax.dynamic_update_slice(layer_cache["k"], kk.astype(layer_cache["k"].dtype),
-                                        (0, write_index, 0, 0))
-      vv = jax.lax.dynamic_update_slice(layer_cache["v"], vv.astype(layer_cache["v"].dtype),
-                                        (0, write_index, 0, 0))
-      new_cache = {"k": kk, "v": vv}
-      kk, vv = kk.astype(dt), vv.astype(dt)
+    if cache is not None:
+      # The new keys and values go straight into the cache of all layers, then read back at
+      # ``layer``: updating a per-layer slice and stacking it back makes XLA copy the whole cache
+      # (several times) at every decode step.
+      cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype),
+                                                  (layer, 0, write_index, 0, 0))
+               for name, new in (("k", kk), ("v", vv))}
+      kk, vv = (jax.lax.dynamic_index_in_dim(cache[name], layer, keepdims=False).astype(dt)
+                for name in ("k", "v"))
 
     b, t = q.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)
@@ -130,7 +131,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
     enc = jnp.einsum("BKGTS,BSKH->BTKGH", probs, vv).reshape(b, t, n, h)
     out = jnp.einsum("BTNH,NHD->BTD", enc, wo.astype(dt))
-    return out, new_cache
+    return out, cache
 
 
 class MLP(nn.Module):
@@ -155,12 +156,12 @@ class Block(nn.Module):
   attention_type: AttentionType
 
   @nn.compact
-  def __call__(self, x, positions, masks, layer_cache, write_index):
+  def __call__(self, x, positions, masks, cache, layer, write_index):
     cfg = self.cfg
     mask = masks[self.attention_type.value]
     y = RMSNorm(cfg, name="pre_attention_norm")(x)
-    y, new_cache = Attention(cfg, self.attention_type, name="attn")(
-        y, positions, mask, layer_cache, write_index)
+    y, cache = Attention(cfg, self.attention_type, name="attn")(
+        y, positions, mask, cache, layer, write_index)
     if cfg.use_post_attn_norm:
       y = RMSNorm(cfg, name="post_attention_norm")(y)
     x = x + y
@@ -169,7 +170,7 @@ class Block(nn.Module):
     if cfg.use_post_ffw_norm:
       y = RMSNorm(cfg, name="post_ffw_norm")(y)
     x = sharding.constrain(x + y, ("batch", "length", "act_embed"))
-    return x, new_cache
+    return x, cache
 
 
 _REMAT = {
@@ -186,20 +187,21 @@ def _block_class(cfg: ModelConfig):
 
 
 class _PatternGroup(nn.Module):
-  """One repeat of the attention pattern; the unit that ``scan_layers`` stacks."""
+  """One repeat of the attention pattern; the unit that ``scan_layers`` stacks.
+
+  The cache of all layers rides in the scan carry, updated in place at this group's layers.
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, group_cache, positions, masks, write_index):
+  def __call__(self, carry, group, positions, masks, write_index):
+    x, cache = carry
     block = _block_class(self.cfg)
-    new = []
+    p = len(self.cfg.attention_types)
     for j, kind in enumerate(self.cfg.attention_types):
-      layer_cache = None if group_cache is None else jax.tree.map(lambda c: c[j], group_cache)
-      x, c = block(self.cfg, kind, name=f"block_{j}")(x, positions, masks, layer_cache,
-                                                     write_index)
-      new.append(c)
-    stacked = None if group_cache is None else jax.tree.map(lambda *c: jnp.stack(c), *new)
-    return x, stacked
+      x, cache = block(self.cfg, kind, name=f"block_{j}")(x, positions, masks, cache,
+                                                         group * p + j, write_index)
+    return (x, cache), None
 
 
 class Transformer(nn.Module):
@@ -258,28 +260,19 @@ class Transformer(nn.Module):
     masks = attention_masks(cfg, positions, segment_ids, k_pos, k_valid, k_seg)
 
     x = self.embed(tokens)
-    layer_caches = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+    kv = None if cache is None else {"k": cache["k"], "v": cache["v"]}
     if cfg.scan_layers:
-      p = len(cfg.attention_types)
-      grouped = None if layer_caches is None else jax.tree.map(
-          lambda c: c.reshape((cfg.num_layers // p, p) + c.shape[1:]), layer_caches)
-      x, new = self.layers(x, grouped, positions, masks, write_index)
-      new_layers = None if new is None else jax.tree.map(
-          lambda c: c.reshape((cfg.num_layers,) + c.shape[2:]), new)
+      groups = jnp.arange(cfg.num_layers // len(cfg.attention_types))
+      (x, kv), _ = self.layers((x, kv), groups, positions, masks, write_index)
     else:
-      new_layers = layer_caches
       for i, block in enumerate(self.blocks):
-        lc = None if new_layers is None else {k: v[i] for k, v in new_layers.items()}
-        x, c = block(x, positions, masks, lc, write_index)
-        if c is not None:
-          # Updated layer by layer in place: re-stacking would copy the whole cache every step.
-          new_layers = {k: new_layers[k].at[i].set(c[k]) for k in new_layers}
+        x, kv = block(x, positions, masks, kv, i, write_index)
 
     hidden = self.final_norm(x)
     logits = self.unembed(hidden)
     new_cache = None
     if cache is not None:
-      new_cache = dict(new_layers, pos=k_pos, end=write_index + tokens.shape[1])
+      new_cache = dict(kv, pos=k_pos, end=write_index + tokens.shape[1])
     if return_hidden:
       return logits, new_cache, hidden
     return logits, new_cache
