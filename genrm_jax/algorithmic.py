@@ -6,8 +6,8 @@ them. Problems are drawn deterministically from a seed; the paper's length split
 letters: train 2-4 words, test 6; word sorting: train 2-4, test 5), and validation holds other
 2-4-word problems than train.
 
-The prompt keeps the GenRM structure of ``formats`` with a one-line instruction (tiny models
-train on it on 2 CPU cores). Solutions are compact steps, then "The answer is X.":
+The prompt keeps the GenRM structure of ``formats`` without an instruction line (see
+``INSTRUCTIONS``). Solutions are compact steps, then "The answer is X.":
 
     last letters   Q: abc defg          word sorting   Q: pear apple fig
                    abc:c                               1 apple
@@ -39,10 +39,11 @@ from genrm_jax import formats
 LAST_LETTERS = "last_letters"
 WORD_SORTING = "word_sorting"
 TASKS = (LAST_LETTERS, WORD_SORTING)
-INSTRUCTIONS = {
-    LAST_LETTERS: "Concatenate the last letters of the words.\n",
-    WORD_SORTING: "Sort the words alphabetically.\n",
-}
+# The line put before "Q:" in every prompt. Empty: a model here learns one task, and on two CPU
+# cores a 43-token instruction was 29% of each policy example and left room for one example, not
+# two, per packed 256-token row; without it the tiny policy learned to copy words after ~350
+# steps instead of ~750. A run that mixes the tasks in one model sets task lines here.
+INSTRUCTIONS = {LAST_LETTERS: "", WORD_SORTING: ""}
 TRAIN_LENGTHS = (2, 3, 4)
 TEST_LENGTH = {LAST_LETTERS: 6, WORD_SORTING: 5}
 SPLIT_SEED_OFFSET = {"train": 0, "validation": 1, "test": 2}

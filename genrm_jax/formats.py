@@ -20,6 +20,9 @@ GSM8K_INSTRUCTION = (
 
 THINK = "A: Let's think step by step.\n"
 VERDICT_QUESTION = "Verification: Is the answer correct (Yes/No)?"
+# Where a sampled rationale may stop: the rest of the verdict question is fixed text, appended by
+# ``ensure_verdict_question`` instead of being decoded token by token.
+VERDICT_PREFIX = "\nVerification:"
 COT_REQUEST = "Verification: Let's verify step by step.\n"
 YES = " Yes"
 NO = " No"

@@ -54,6 +54,10 @@ def test_solver_mistakes_are_caught_by_the_rationale(task):
     rat = alg.rationale(p, sol)
     assert formats.parse_verdict(rat) == ok and rat.endswith(formats.VERDICT_QUESTION +
                                                               formats.verdict_target(ok))
+    # A rationale sampled up to the verdict's first word, completed with the fixed question,
+    # is exactly what the verifier was trained on.
+    body = rat[:rat.index(formats.VERDICT_PREFIX)]
+    assert formats.ensure_verdict_question(body) + formats.verdict_target(ok) == rat
     if not ok:
       n_wrong += 1
       assert "wrong" in rat or "missing" in rat
