@@ -112,16 +112,17 @@ def dpo_pairs(cands: Iterable[Candidate], instruction: str, seed: int = 0) -> li
   return out
 
 
-def cap_per_question(cands: Sequence[Candidate], max_correct: int, max_incorrect: int,
-                     seed: int = 0) -> list[Candidate]:
-  """At most ``max_correct`` correct and ``max_incorrect`` incorrect candidates a question."""
+def cap_per_question(cands: Sequence[Candidate], max_correct: int | None,
+                     max_incorrect: int | None, seed: int = 0) -> list[Candidate]:
+  """At most ``max_correct`` correct and ``max_incorrect`` incorrect candidates a question
+  (None: no cap on that class)."""
   rng = random.Random(seed)
   by_q = _by_question(cands)
   out = []
   for qid in sorted(by_q):
     for label, cap in ((True, max_correct), (False, max_incorrect)):
       group = [c for c in by_q[qid] if bool(c["correct"]) == label]
-      out += rng.sample(group, cap) if len(group) > cap else group
+      out += rng.sample(group, cap) if cap is not None and len(group) > cap else group
   return out
 
 

@@ -89,11 +89,7 @@ def register_policy_candidates(task: str = algorithmic.LAST_LETTERS,
       for c in pool.candidates:
         problem = algorithmic.problem_from_question(task, c["question"])
         out.append({**c, "rationale": algorithmic.rationale(problem, c["solution"])})
-    if max_correct is None and max_incorrect is None:
-      return out
-    big = len(out)
-    return records.cap_per_question(out, big if max_correct is None else max_correct,
-                                    big if max_incorrect is None else max_incorrect, seed)
+    return records.cap_per_question(out, max_correct, max_incorrect, seed)
 
   gold = functools.partial(algorithmic.gold_candidates, task,
                            problems_per_length=problems_per_length, seed=seed)
