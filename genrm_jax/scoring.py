@@ -37,7 +37,7 @@ class ScoringConfig:
   score: str = "p_yes"  # or "normalized": p(Yes) / (p(Yes) + p(No))
   num_rationales: int = 32  # K, for the CoT methods
   rationale: sampler.SamplerConfig = sampler.SamplerConfig(
-      max_new_tokens=512, temperature=0.7, stop_strings=(formats.VERDICT_QUESTION,))
+      max_new_tokens=512, temperature=0.7, stop_strings=(formats.VERDICT_PREFIX,))
   share_prefix: bool = True
   max_rows: int = 64  # rows per forward / decode batch (CoT: solutions x K)
 
