@@ -1,8 +1,12 @@
 # shellcheck shell=bash
 # Shared by launch/*.sh: dry-run aware command runner. Source it; do not run it.
 
-# DRY_RUN=1 (or --dry-run, parsed by each script) prints every command instead of running it.
+# DRY_RUN=1 (or --dry-run anywhere on the command line, taken by parse_command_line) prints every
+# command instead of running it. Any value but empty or 0 counts: a typo must not launch a slice.
 DRY_RUN="${DRY_RUN:-0}"
+if [[ "${DRY_RUN}" != "0" ]]; then
+  DRY_RUN=1
+fi
 
 # Quotes one word for a POSIX shell: bare when safe, else in single quotes, or in double quotes
 # when it holds single quotes but nothing double quotes would expand.
@@ -62,14 +66,22 @@ require() {
 # shellcheck disable=SC2034  # used by the scripts that source this file
 JAX_TPU_SPEC="jax[tpu]==0.10.2"
 
-# Sets DRY_RUN, COMMAND and EXTRA_ARGS from "[--dry-run] COMMAND [--] ARGS...".
+# Sets DRY_RUN, COMMAND and EXTRA_ARGS from "COMMAND [--] ARGS...". --dry-run is taken from any
+# position (before or after the command, before or after "--") and never forwarded: a flag the user
+# meant for the launcher must not reach a cloud tool or the remote trainer as a real run.
 parse_command_line() {
-  if [[ "${1:-}" == "--dry-run" ]]; then
-    DRY_RUN=1
-    shift
-  fi
+  local arg rest=()
+  for arg in "$@"; do
+    if [[ "${arg}" == "--dry-run" ]]; then
+      DRY_RUN=1
+    else
+      rest+=("${arg}")
+    fi
+  done
+  set -- "${rest[@]+"${rest[@]}"}"
   COMMAND="${1:-}"
   [[ -n "${COMMAND}" ]] || die "no command; see the usage at the top of ${0}"
+  [[ "${COMMAND}" != -* ]] || die "unknown option '${COMMAND}' before the command; see the usage at the top of ${0}"
   shift
   if [[ "${1:-}" == "--" ]]; then
     shift

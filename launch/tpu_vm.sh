@@ -2,7 +2,7 @@
 # Cloud TPU VM slice: create it, install genrm-jax on every worker, run training/eval on all
 # workers at once, delete it. A thin wrapper over gcloud: every decision lives in Python and gin.
 #
-# Usage: launch/tpu_vm.sh [--dry-run] COMMAND [-- EXTRA_ARGS...]
+# Usage: launch/tpu_vm.sh [--dry-run] COMMAND [-- EXTRA_ARGS...]   (--dry-run may stand anywhere)
 #   create    gcloud compute tpus tpu-vm create (ACCELERATOR_TYPE, RUNTIME_VERSION, SPOT)
 #   install   copy this checkout (git archive of HEAD) or clone SOURCE to every worker, make a
 #             Python 3.11 venv there (uv) and pip install jax[tpu] and the package
@@ -22,7 +22,8 @@
 #   GIT_REF                  branch/tag/commit when SOURCE is a git URL (default main)
 #   GIN_FILES                train: space-separated gin files, relative to the checkout root
 #   WORKDIR                  train: checkpoints, logs, operative config (gs://bucket/run)
-#   DRY_RUN=1                same as --dry-run: print the commands, run nothing
+#   DRY_RUN=1                same as --dry-run: print the commands, run nothing (any value
+#                            but empty or 0 counts as a dry run)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

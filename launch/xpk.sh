@@ -2,7 +2,7 @@
 # GKE TPU launch through xpk (pip install xpk==1.16.0): a cluster of TPU slices, and training or
 # evaluation submitted as a JobSet workload that runs on every host of every slice.
 #
-# Usage: launch/xpk.sh [--dry-run] COMMAND [-- EXTRA_ARGS...]
+# Usage: launch/xpk.sh [--dry-run] COMMAND [-- EXTRA_ARGS...]   (--dry-run may stand anywhere)
 #   cluster-create   xpk cluster create (TPU_TYPE x NUM_SLICES; SPOT=1 for Spot capacity)
 #   train            xpk workload create ... --command "python -m genrm_jax.train ..."
 #   eval             xpk workload create ... --command "python -m genrm_jax.eval EXTRA_ARGS"
@@ -19,7 +19,8 @@
 #                            one from BASE_IMAGE plus this checkout and pip installs it at start
 #   BASE_IMAGE               default python:3.11-slim
 #   GIN_FILES, WORKDIR       train: space-separated gin files and the gs:// workdir
-#   DRY_RUN=1                same as --dry-run: print the commands, run nothing
+#   DRY_RUN=1                same as --dry-run: print the commands, run nothing (any value
+#                            but empty or 0 counts as a dry run)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -132,3 +132,61 @@ def test_missing_settings_are_named(script, env, needle):
                      env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True,
                      timeout=60)
   assert r.returncode == 2 and needle in r.stderr and not r.stdout
+
+
+# Every command of each script, with the settings it needs.
+XPK_ENV = {"CLUSTER": "c1", "ZONE": "us-west4-a", "PROJECT": "my-proj", "WORKLOAD": "w",
+           "GIN_FILES": "gemma_2b.gin", "WORKDIR": "gs://b/r"}
+COMMANDS = [("tpu_vm.sh", c, {**TPU, "GIN_FILES": "gemma_2b.gin", "WORKDIR": "gs://b/r"})
+            for c in ("create", "install", "train", "eval", "ssh", "delete")] + [
+    ("xpk.sh", c, XPK_ENV)
+    for c in ("cluster-create", "train", "eval", "workload-delete", "cluster-delete")]
+STAND_INS = ("gcloud", "kubectl", "xpk", "gsutil", "git")
+
+
+def _with_stand_ins(tmp_path) -> tuple[dict[str, str], pathlib.Path]:
+  """A PATH whose cloud tools (and git) only append their argv to a log, and that log."""
+  bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+  bin_dir.mkdir()
+  for tool in STAND_INS:
+    stub = bin_dir / tool
+    stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n')
+    stub.chmod(0o755)
+  return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
+          "TMPDIR": str(tmp_path)}, log
+
+
+def _launch(script, argv, env):
+  return subprocess.run(["bash", str(LAUNCH / script), *argv], env=env, capture_output=True,
+                        text=True, timeout=60)
+
+
+@pytest.mark.parametrize("script,command,settings", COMMANDS,
+                         ids=[f"{s}-{c}" for s, c, _ in COMMANDS])
+def test_dry_run_anywhere_calls_no_tool(tmp_path, script, command, settings):
+  env, log = _with_stand_ins(tmp_path)
+  env.update(settings)
+  tail = ["--", "echo", "hi"] if command == "ssh" else ["--", "--gin_bindings=X=1"]
+  placements = {
+      "before": ["--dry-run", command, *tail],
+      "after the command": [command, "--dry-run", *tail],
+      "after --": [command, *tail, "--dry-run"],
+      "DRY_RUN=1": [command, *tail],
+      "DRY_RUN=yes": [command, *tail],
+  }
+  for where, argv in placements.items():
+    run_env = {**env, **({"DRY_RUN": where.split("=")[1]} if where.startswith("DRY_RUN") else {})}
+    r = _launch(script, argv, run_env)
+    assert r.returncode == 0, (where, r.stderr)
+    assert not log.exists(), f"{script} {command} --dry-run ({where}) called: {log.read_text()}"
+    assert r.stdout.strip(), f"{where}: a dry run prints the commands it would run"
+    assert "--dry-run" not in r.stdout, f"{where}: --dry-run was forwarded: {r.stdout}"
+  # The stand-ins do record a real run, so the assertions above can fail.
+  r = _launch(script, [command, *tail], env)
+  assert log.exists() and log.read_text().strip(), (r.stdout, r.stderr)
+
+
+def test_option_before_command_is_refused(tmp_path):
+  env, log = _with_stand_ins(tmp_path)
+  r = _launch("tpu_vm.sh", ["--dryrun", "create"], {**env, **TPU})
+  assert r.returncode == 2 and "unknown option '--dryrun'" in r.stderr and not log.exists()
