@@ -31,6 +31,7 @@ import dataclasses
 import random
 import re
 import string
+import zlib
 from typing import Any
 
 from genrm_jax import answers
@@ -88,41 +89,44 @@ def random_word(rng: random.Random) -> str:
   return "".join(rng.choices(string.ascii_lowercase, k=rng.randint(*WORD_LENGTHS)))
 
 
+def split_of(words: tuple[str, ...]) -> str:
+  """The split a problem belongs to, by a hash of its words: one in 8 is a test problem and one in
+  8 a validation problem. The splits are disjoint whatever sizes and lengths are drawn, and any
+  data (the policy's SFT set, verifier data at the test length) can avoid every test problem."""
+  h = zlib.crc32(" ".join(words).encode()) % 8
+  return "test" if h == 0 else "validation" if h == 1 else "train"
+
+
 def make_problems(task: str, num_words: int, count: int, seed: int,
-                  exclude: set[tuple[str, ...]] | None = None) -> list[Problem]:
-  """``count`` distinct problems of ``num_words`` words (none in ``exclude``), from ``seed``."""
+                  split: str | None = None) -> list[Problem]:
+  """``count`` distinct problems of ``num_words`` words (of ``split`` only, if given), from ``seed``."""
   _check_task(task)
   rng = random.Random(f"{task}/{num_words}/{seed}")
-  seen = set(exclude or ())
+  seen = set()
   out = []
   while len(out) < count:
     words = tuple(random_word(rng) for _ in range(num_words))
     if task == WORD_SORTING and len(set(words)) < num_words:
       continue  # duplicates make "sorted" steps ambiguous
-    if words not in seen:
+    if words not in seen and (split is None or split_of(words) == split):
       seen.add(words)
       out.append(Problem(task, words))
   return out
 
 
 def split_problems(task: str, split: str, count: int, seed: int = 0,
-                   test_length: int | None = None) -> list[Problem]:
-  """Problems of a split: train / validation on 2-4 words (disjoint), test on the longer length
-  (the paper's, unless ``test_length`` names another)."""
+                   test_length: int | None = None,
+                   lengths: tuple[int, ...] | None = None) -> list[Problem]:
+  """``count`` problems of each length of a split: train / validation on ``lengths`` words (the
+  paper's 2-4 by default), test on ``test_length`` (the paper's 6 or 5 by default). Splits never
+  share a problem (``split_of``)."""
   _check_task(task)
   if split not in SPLIT_SEED_OFFSET:
     raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_SEED_OFFSET)}")
   if split == "test":
-    n = test_length or TEST_LENGTH[task]
-    # At a training length the test problems are still held out: none is a train/validation one.
-    exclude = ({p.words for s in ("train", "validation") for p in split_problems(task, s, count, seed)}
-               if n in TRAIN_LENGTHS else None)
-    return make_problems(task, n, count, seed + SPLIT_SEED_OFFSET["test"], exclude)
-  exclude = None
-  if split == "validation":
-    exclude = {p.words for n in TRAIN_LENGTHS for p in make_problems(task, n, count, seed)}
-  return [p for n in TRAIN_LENGTHS
-          for p in make_problems(task, n, count, seed + SPLIT_SEED_OFFSET[split], exclude)]
+    lengths = (test_length or TEST_LENGTH[task],)
+  return [p for n in (lengths or TRAIN_LENGTHS)
+          for p in make_problems(task, n, count, seed + SPLIT_SEED_OFFSET[split], split)]
 
 
 def problem_from_question(task: str, question: str) -> Problem:
@@ -183,10 +187,20 @@ def is_correct(problem: Problem, solution: str) -> bool:
 _ANSWER_LINE = re.compile(r"^The answer is .*$")
 
 
-def rationale(problem: Problem, solution: str) -> str:
+# How the programmatic rationale checks the final answer (the step lines are the same):
+# "check": ``answer X ok`` / ``answer X wrong, Y``: the verdict on the answer comes before the
+#   expected answer is written, so it is decided with no scratchpad.
+# "derive": ``expected Y`` first, from the checked steps above it, then ``answer X ok|wrong``: the
+#   decision compares two strings on adjacent lines, and the expected answer is written before the
+#   stated one is seen, so copying the stated answer cannot stand in for deriving it.
+RATIONALE_STYLES = ("check", "derive")
+
+
+def rationale(problem: Problem, solution: str, style: str = "check") -> str:
   """Step-by-step verification of ``solution``: each step, the answer, then the verdict."""
-  steps = [l.strip() for l in solution.strip().split("\n")
-           if l.strip() and not _ANSWER_LINE.match(l.strip())]
+  if style not in RATIONALE_STYLES:
+    raise ValueError(f"rationale style {style!r}; expected one of {RATIONALE_STYLES}")
+  steps, got = parse_solution(solution)
   expected = problem.steps()
   lines = []
   for k in range(max(len(steps), len(expected))):
@@ -198,10 +212,80 @@ def rationale(problem: Problem, solution: str) -> str:
       lines.append(f"{steps[k]} ok")
     else:
       lines.append(f"{steps[k]} wrong, {expected[k]}")
-  got = extract_answer(solution)
   ok = is_correct(problem, solution)
-  lines.append(f"answer {got} {'ok' if ok else 'wrong, ' + problem.answer}")
+  if style == "check":
+    lines.append(f"answer {got} {'ok' if ok else 'wrong, ' + problem.answer}")
+  else:
+    lines += [f"expected {problem.answer}", f"answer {got} {'ok' if ok else 'wrong'}"]
   return formats.cot_target("\n".join(lines), ok)
+
+
+def parse_solution(solution: str) -> tuple[list[str], str | None]:
+  """(step lines, stated answer) of a solution in the compact format (answer None if absent)."""
+  steps = [l.strip() for l in solution.strip().split("\n")
+           if l.strip() and not _ANSWER_LINE.match(l.strip())]
+  return steps, extract_answer(solution)
+
+
+def answer_parts(task: str, answer: str) -> list[str]:
+  """The units of an answer that match one step each: letters (last letters) or words (sorting)."""
+  return answer.split() if task == WORD_SORTING else list(answer)
+
+
+def _join(task: str, parts: list[str]) -> str:
+  return " ".join(parts) if task == WORD_SORTING else "".join(parts)
+
+
+def solution_features(task: str, question: str, solution: str) -> dict[str, int]:
+  """What a verifier could read without checking: problem length, steps, answer length."""
+  steps, answer = parse_solution(solution)
+  return {"words": len(question.split()), "steps": len(steps),
+          "answer_length": len(answer_parts(task, answer)) if answer is not None else -1}
+
+
+def _drop_step(task: str, steps: list[str], answer: str, k: int) -> str:
+  """``steps`` without step k; the answer loses its k-th unit when it has one per step."""
+  parts = answer_parts(task, answer)
+  if len(parts) == len(steps):
+    parts = parts[:k] + parts[k + 1:]
+  kept = steps[:k] + steps[k + 1:]
+  if task == WORD_SORTING:  # steps are numbered: renumber after the gap
+    kept = [f"{i} {s.split(' ', 1)[-1]}" for i, s in enumerate(kept, start=1)]
+  return render(kept, _join(task, parts))
+
+
+PROBES = ("drop_answer_letter", "change_answer_letter", "drop_step", "wrong_drop_step")
+
+
+def counterfactuals(problem: Problem, rng: random.Random, wrong: str | None = None
+                    ) -> dict[str, str]:
+  """Wrong solutions made by one edit, keyed by ``PROBES`` name.
+
+  Of the reference solution (so each differs from a correct one in one place): one answer letter
+  dropped, one answer letter changed, one step dropped with the answer still agreeing with the
+  steps. Of ``wrong`` (a wrong candidate), when given: one more step dropped, the answer
+  following where it has a unit per step; left out when every such edit would make it right.
+  """
+  steps, answer = problem.steps(), problem.answer
+  letters = [i for i, ch in enumerate(answer) if ch.isalpha()]
+  i, j = rng.choice(letters), rng.choice(letters)
+  out = {"drop_answer_letter": render(steps, answer[:i] + answer[i + 1:]),
+         "change_answer_letter": render(
+             steps, answer[:j] + _other_letter(rng, answer[j]) + answer[j + 1:]),
+         "drop_step": _drop_step(problem.task, steps, answer, rng.randrange(len(steps)))}
+  if wrong is not None:
+    w_steps, w_answer = parse_solution(wrong)
+    order = list(range(len(w_steps)))
+    rng.shuffle(order)
+    for k in order if w_answer is not None and len(w_steps) > 1 else ():
+      edited = _drop_step(problem.task, w_steps, w_answer, k)
+      if not is_correct(problem, edited):
+        out["wrong_drop_step"] = edited
+        break
+  for name, sol in out.items():
+    if is_correct(problem, sol):  # an edit that cannot break the solution is a bug here
+      raise AssertionError(f"{name} of {problem.words} left it correct: {sol!r}")
+  return out
 
 
 def candidates(task: str, split: str, *, problems_per_length: int, samples_per_problem: int,

@@ -44,10 +44,16 @@ class ObjectiveConfig:
   kind: str = "lm"
   dpo_beta: float = 0.1
   disc_z_loss: float = 1e-4
+  # lm: the loss weight of each Yes/No verdict token, relative to 1 for every other target token.
+  # A direct verification record has one verdict among its target tokens, and the SFT records
+  # mixed in (lambda) are all solution tokens: at 1, verdicts were 6% of the loss in the tiny run.
+  verdict_weight: float = 1.0
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"ObjectiveConfig.kind={self.kind!r}; expected one of {KINDS}")
+    if self.verdict_weight <= 0:
+      raise ValueError(f"ObjectiveConfig.verdict_weight={self.verdict_weight}; must be > 0")
 
 
 class Terms(NamedTuple):
@@ -120,13 +126,13 @@ def disc_score(hidden: jax.Array, head: dict[str, jax.Array], score_index: jax.A
 # ----------------------------------------------------------------------------- losses
 
 
-def _lm_terms(cfg: ModelConfig, params, batch, ref_params) -> Terms:
+def _lm_terms(cfg: ModelConfig, verdict_weight: float, params, batch, ref_params) -> Terms:
   del ref_params
   logits, _ = model_lib.Transformer(cfg).apply(
       {"params": params["model"]}, batch["inputs"], batch["positions"], batch["segment_ids"])
-  weights = batch["loss_weights"].astype(jnp.float32)
   nll = -token_logprobs(logits, batch["targets"])
   verdict = batch["verdict_weights"].astype(jnp.float32)
+  weights = batch["loss_weights"].astype(jnp.float32) * (1.0 + (verdict_weight - 1.0) * verdict)
   hit = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
   return Terms(jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(hit * verdict),
                jnp.sum(verdict))
@@ -169,7 +175,7 @@ def loss_terms_fn(obj: ObjectiveConfig, cfg: ModelConfig
                   ) -> Callable[[Any, dict, Any], Terms]:
   """``f(params, batch, ref_params) -> Terms`` for the objective; params = {"model", "head"?}."""
   if obj.kind == "lm":
-    return lambda p, b, r: _lm_terms(cfg, p, b, r)
+    return lambda p, b, r: _lm_terms(cfg, obj.verdict_weight, p, b, r)
   if obj.kind == "disc":
     return lambda p, b, r: _disc_terms(cfg, obj.disc_z_loss, p, b, r)
   return lambda p, b, r: _dpo_terms(cfg, obj.dpo_beta, p, b, r)

@@ -55,6 +55,8 @@ class ScoreResult:
   p_no: np.ndarray | None = None
   rationales: list[list[str]] | None = None  # CoT: K rationales per solution, as scored
   rationale_p_yes: np.ndarray | None = None  # CoT: [n, K]
+  rationale_scores: np.ndarray | None = None  # CoT: [n, K]; scores is their mean
+  rationale_tokens: np.ndarray | None = None  # CoT: [n, K] tokens generated per rationale
 
 
 # ----------------------------------------------------------------------------- shared forwards
@@ -124,10 +126,12 @@ def _verdict(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, mes
 
 
 def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: int, mesh):
-  """(p_yes [n, K], p_no [n, K], rationales) with K rationales sampled after each prompt."""
+  """(p_yes [n, K], p_no [n, K], rationales, generated tokens [n, K]) with K rationales sampled
+  after each prompt."""
   k = opts.num_rationales
   seqs = [codec.prompt_ids(p) for p in prompts]
   p = np.zeros((len(seqs), k, 2))
+  generated = np.zeros((len(seqs), k), np.int64)
   texts: list[list[str]] = [[] for _ in seqs]
   for c, chunk in enumerate(_chunks(keys, k, opts.max_rows)):
     sub = [seqs[i] for i in chunk]
@@ -146,9 +150,10 @@ def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: i
     _, out = sampler.extend(cfg, params, prefix, parent, [codec.encode(r) for r in rationale],
                             read_ids=yes_no, mesh=mesh)
     p[chunk] = np.exp(out["read_logprobs"]).reshape(len(chunk), k, 2)
+    generated[chunk] = np.array([len(x.token_ids) for x in comps]).reshape(len(chunk), k)
     for j, i in enumerate(chunk):
       texts[i] = rationale[j * k:(j + 1) * k]
-  return p[..., 0], p[..., 1], texts
+  return p[..., 0], p[..., 1], texts, generated
 
 
 def _score(p_yes, p_no, opts: ScoringConfig):
@@ -176,9 +181,11 @@ def genrm_cot(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   codec = sampler.as_codec(vocab)
   prompts = [formats.cot_prompt(q, s, opts.instruction) for q, s in zip(questions, solutions)]
   yes_no = vocab_lib.verdict_token_ids(vocab)
-  p_yes, p_no, texts = _cot(cfg, params, codec, yes_no, prompts, questions, opts, seed, mesh)
+  p_yes, p_no, texts, generated = _cot(cfg, params, codec, yes_no, prompts, questions, opts,
+                                       seed, mesh)
   per = _score(p_yes, p_no, opts)
-  return ScoreResult(per.mean(axis=1), p_yes.mean(axis=1), p_no.mean(axis=1), texts, p_yes)
+  return ScoreResult(per.mean(axis=1), p_yes.mean(axis=1), p_no.mean(axis=1), texts, p_yes, per,
+                     generated)
 
 
 def disc(cfg: ModelConfig, params, head: dict, vocab: Any, questions: Sequence[str],

@@ -45,16 +45,19 @@ def test_token_and_sequence_logprobs():
   np.testing.assert_allclose(objectives.yes_probability(logits[:, -1], 3), p, rtol=1e-5)
 
 
-def test_lm_loss_and_verdict_accuracy():
+@pytest.mark.parametrize("verdict_weight", [1.0, 8.0])
+def test_lm_loss_and_verdict_accuracy(verdict_weight):
   params = {"model": _params(1)}
   batch = synthetic.make_batch(0, batch_size=B, seq_len=T, objective="lm", vocab_size=24)
   batch["loss_weights"][1, :] = 0.0  # a row without targets must not count
-  terms = jax.jit(objectives.loss_terms_fn(objectives.ObjectiveConfig("lm"), CFG))(
-      params, batch, None)
+  assert batch["verdict_weights"].sum() > 0
+  obj = objectives.ObjectiveConfig("lm", verdict_weight=verdict_weight)
+  terms = jax.jit(objectives.loss_terms_fn(obj, CFG))(params, batch, None)
   logits, _, _ = _forward(params["model"], batch["inputs"], batch["positions"],
                           batch["segment_ids"])
   lp = np.take_along_axis(_log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
-  w = batch["loss_weights"]
+  # Each verdict token counts verdict_weight times, in the loss and in its normaliser.
+  w = batch["loss_weights"] * np.where(batch["verdict_weights"] > 0, verdict_weight, 1.0)
   np.testing.assert_allclose(terms.loss / terms.weight, -(lp * w).sum() / w.sum(), rtol=1e-5)
   v = batch["verdict_weights"]
   hits = (np.asarray(logits).argmax(-1) == batch["targets"]) * v
