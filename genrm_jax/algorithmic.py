@@ -254,6 +254,69 @@ def _drop_step(task: str, steps: list[str], answer: str, k: int) -> str:
   return render(kept, _join(task, parts))
 
 
+# One-edit wrong solutions for verifier training ("hard negatives"): the mistakes the tiny policy
+# makes (a repeated or neighbouring answer unit, two units swapped, a step's letter or word wrong,
+# a hallucinated step), each leaving the rest of the solution intact, so that only checking tells
+# them from the correct solution. The eval probes (``PROBES``) use other edits on purpose: they
+# test whether the check carries over to mistakes the verifier never saw.
+HARD_NEGATIVES = ("answer_repeat", "answer_neighbor", "answer_swap", "step_unit", "step_word",
+                  "extra_step")
+
+
+def _pairs(task: str, problem: Problem) -> list[tuple[str, str]]:
+  """(word, answer unit) per step of the reference solution."""
+  if task == LAST_LETTERS:
+    return [(w, w[-1]) for w in problem.words]
+  return [(w, w) for w in sorted(problem.words)]
+
+
+def _render_pairs(task: str, pairs: list[tuple[str, str]]) -> str:
+  if task == LAST_LETTERS:
+    return render([f"{w}:{u}" for w, u in pairs], "".join(u for _, u in pairs))
+  return render([f"{i} {u}" for i, (_, u) in enumerate(pairs, start=1)],
+                " ".join(u for _, u in pairs))
+
+
+def hard_negative(problem: Problem, rng: random.Random, kind: str | None = None
+                  ) -> tuple[str, str]:
+  """(kind, a wrong solution one edit away from the reference); ``kind`` from
+  ``HARD_NEGATIVES`` (drawn with ``rng`` when None)."""
+  task, steps = problem.task, problem.steps()
+  units = answer_parts(task, problem.answer)
+  for _ in range(100):
+    k = kind or rng.choice(HARD_NEGATIVES)
+    i = rng.randrange(len(units))
+    edited = list(units)
+    if k == "answer_repeat":
+      edited.insert(i, units[i])
+    elif k == "answer_neighbor":
+      edited[i] = units[i - 1] if i and (rng.random() < 0.5 or i == len(units) - 1) else (
+          units[(i + 1) % len(units)])
+    elif k == "answer_swap":
+      i = min(i, len(units) - 2)
+      edited[i], edited[i + 1] = units[i + 1], units[i]
+    if k.startswith("answer_"):
+      sol = render(steps, _join(task, edited))
+    else:
+      pairs = _pairs(task, problem)
+      w, u = pairs[i]
+      if k == "step_unit":  # the right word, a wrong unit: another letter / a miscopied word
+        u2 = (rng.choice([c for c in w[:-1] if c != w[-1]] or [_other_letter(rng, w[-1])])
+              if task == LAST_LETTERS else w[:-1] + _other_letter(rng, w[-1]))
+        pairs[i] = (w, u2)
+      elif k == "step_word":  # the word miscopied, its unit following the copy
+        j = len(w) - 1 if task == LAST_LETTERS else rng.randrange(len(w))
+        w2 = w[:j] + _other_letter(rng, w[j]) + w[j + 1:]
+        pairs[i] = (w2, w2[-1] if task == LAST_LETTERS else w2)
+      else:  # a hallucinated step
+        w2 = random_word(rng)
+        pairs.insert(i, (w2, w2[-1] if task == LAST_LETTERS else w2))
+      sol = _render_pairs(task, pairs)
+    if not is_correct(problem, sol):
+      return k, sol
+  raise ValueError(f"no {kind or 'hard negative'} edit makes {problem.words} wrong")
+
+
 PROBES = ("drop_answer_letter", "change_answer_letter", "drop_step", "wrong_drop_step")
 
 

@@ -101,6 +101,9 @@ class PipelineConfig:
   max_per_class: int = 16
   balance: bool = True  # False keeps the plain cap (the quick run's policy solves nothing)
   rationale_style: str = "check"  # algorithmic.RATIONALE_STYLES
+  # Even each problem's wrong samples up to its right ones with one-edit wrong versions of the
+  # reference solution (algorithmic.HARD_NEGATIVES), so that every problem gives balanced pairs.
+  hard_negatives: bool = False
   # Fixed text of the format (formats.PHRASES) as single pieces of the task vocabulary.
   vocab_phrases: bool = True
   cot_votes: int = 4
@@ -189,7 +192,15 @@ class Runner:
     """Writes the balanced verifier training set and a data card of it and of what was sampled."""
     pc = self.pc
     flat = [c for p in cands.read_candidates(sampled) for c in p.candidates]
-    chosen = records.select_per_question(flat, pc.max_per_class, pc.balance, pc.seed)
+    pool = flat
+    if pc.hard_negatives:
+      def make(c, rng):
+        problem = algorithmic.problem_from_question(pc.task, c["question"])
+        kind, sol = algorithmic.hard_negative(problem, rng)
+        return {**c, "solution": sol, "extracted_answer": algorithmic.extract_answer(sol),
+                "correct": False, "source": f"edit:{kind}"}
+      pool = records.fill_negatives(flat, make, pc.max_per_class, pc.seed)
+    chosen = records.select_per_question(pool, pc.max_per_class, pc.balance, pc.seed)
     if not chosen:
       raise ValueError(f"{sampled}: no problem has both a right and a wrong sample; sample more "
                        "(train_samples) or more problems")
@@ -198,12 +209,14 @@ class Runner:
       return algorithmic.solution_features(pc.task, c["question"], c["solution"])
 
     card = {"sampled": records.data_card(flat, features),
-            "selected": records.data_card(chosen, features)}
+            "selected": records.data_card(chosen, features),
+            "hard_negatives": sum("source" in c for c in chosen)}
     cands.write_candidates(out, chosen)
     with open(self.path("verifier_data_card.json"), "w") as f:
       json.dump(card, f, indent=2)
-    for name, c in card.items():
-      print(f"verifier data, {name}: {records.format_card(c)}", flush=True)
+    for name in ("sampled", "selected"):
+      print(f"verifier data, {name}: {records.format_card(card[name])}", flush=True)
+    print(f"verifier data: {card['hard_negatives']} of the selected are hard negatives", flush=True)
 
   def run(self) -> dict:
     from genrm_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top

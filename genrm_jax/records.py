@@ -137,6 +137,29 @@ def select_per_question(cands: Sequence[Candidate], max_per_class: int | None = 
   return out
 
 
+def fill_negatives(cands: Sequence[Candidate], make: Callable[[Candidate, random.Random], Candidate],
+                   max_per_class: int | None = 16, seed: int = 0) -> list[Candidate]:
+  """``cands`` plus, for every question with fewer wrong than correct candidates (up to
+  ``max_per_class``), wrong ones made by ``make(a correct candidate, rng)`` to even the count.
+
+  With a policy that solves most problems, few questions have both classes to balance; one-edit
+  wrong solutions ("hard negatives") let every question contribute pairs that differ only where a
+  check would look.
+  """
+  rng = random.Random(seed)
+  out = list(cands)
+  for _, group in sorted(_by_question(cands).items()):
+    good = [c for c in group if c["correct"]]
+    bad = len(group) - len(good)
+    want = min(len(good), max_per_class if max_per_class is not None else len(good))
+    for i in range(max(0, want - bad)):
+      made = {**make(good[i % len(good)], rng), "candidate_id": f"hard-negative-{i}"}
+      if made["correct"]:
+        raise ValueError(f"a hard negative of question {made['question']!r} is correct")
+      out.append(made)
+  return out
+
+
 def data_card(cands: Sequence[Candidate], features: Callable[[Candidate], dict[str, int]]
               ) -> dict[str, Any]:
   """Counts and P(correct) of a verifier training set by each feature (e.g. problem length,

@@ -88,3 +88,22 @@ def test_verify_and_cot_records():
     records.verify_cot([{**c, "correct": True}], "I\n")
   assert records.correct([c], "I\n") == []
   assert records.discriminative([c], "I\n")[0]["label"] == 0.0
+
+
+def test_fill_negatives_evens_each_question_up_to_the_cap():
+  cands = _cands()  # (correct, wrong) per question: (3, 1), (1, 2), (2, 0), (0, 2)
+
+  def make(c, rng):
+    return {**c, "solution": c["solution"] + " (edited)", "correct": False}
+
+  filled = records.fill_negatives(cands, make, max_per_class=2)
+  added = [c for c in filled if c["solution"].endswith("(edited)")]
+  per_q = collections.Counter(c["question"] for c in added)
+  # Question 0: 2 of its 3 correct count (cap 2) against 1 wrong: one made; question 2: two.
+  assert per_q == {"Question 0?": 1, "Question 2?": 2}
+  assert all(c["candidate_id"].startswith("hard-negative-") for c in added)
+  balanced = records.select_per_question(filled, 2, balance=True)
+  assert collections.Counter(c["question"] for c in balanced) == {
+      "Question 0?": 4, "Question 1?": 2, "Question 2?": 4}
+  with pytest.raises(ValueError, match="is correct"):
+    records.fill_negatives(cands, lambda c, rng: c, max_per_class=2)
