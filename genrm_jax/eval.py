@@ -45,7 +45,6 @@ from genrm_jax import checkpoint
 from genrm_jax import distributed
 from genrm_jax import evaluation as ev
 from genrm_jax import generate as gen
-from genrm_jax import objectives
 from genrm_jax import sampler
 from genrm_jax import scoring
 from genrm_jax import sharding
@@ -55,7 +54,6 @@ METHODS = {"direct": "genrm", "cot": "genrm_cot", "discriminative": "disc", "dpo
            "judge": "llm_judge", "judge_cot": "llm_judge_cot", "genrm": "genrm",
            "genrm_cot": "genrm_cot", "disc": "disc", "llm_judge": "llm_judge",
            "llm_judge_cot": "llm_judge_cot"}
-VERDICT_METHODS = ("genrm", "genrm_cot", "llm_judge", "llm_judge_cot")
 MODEL_FREE = ("pass@1", "pass@n", "self_consistency")
 WEIGHTED_SUFFIX = "+weighted_sc"
 
@@ -106,25 +104,16 @@ def parse_verifier(spec: str) -> VerifierSpec:
 def score_pools(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
                 task: gen.Task) -> np.ndarray:
   """One score per candidate of ``pools`` (flat, in order), from one verifier on local devices."""
-  method = METHODS[spec.method]
   mesh = sharding.make_mesh(*ec.mesh, devices=jax.local_devices()) if ec.mesh else None
-  what = f"verifier {spec.name}"
-  head = None
-  if method == "disc":
-    meta = checkpoint.read_meta(spec.model_dir)
-    if "disc_head" not in meta:
-      raise ValueError(f"{what}: {spec.model_dir} has no disc_head: method {spec.method} needs a "
-                       "model trained with the disc objective")
-    head = objectives.head_from_json(meta["disc_head"])
-  cfg, params, _, vocab = gen.load_model(spec.model_dir, mesh,
-                                         need_verdict=method in VERDICT_METHODS, what=what)
+  verifier = scoring.load_verifier(spec.model_dir, METHODS[spec.method], mesh,
+                                   what=f"verifier {spec.name}")
   opts = gen.configure(scoring.ScoringConfig, instruction=task.instruction,
                        num_rationales=ec.cot_votes or None)
   flat = [c for p in pools for c in p.candidates]
   if not flat:  # more processes than problems
     return np.zeros(0)
-  result = scoring.score(method, cfg, params, vocab, [c["question"] for c in flat],
-                         [c["solution"] for c in flat], opts, head=head, seed=ec.seed, mesh=mesh)
+  result = verifier.score(METHODS[spec.method], [c["question"] for c in flat],
+                          [c["solution"] for c in flat], opts, seed=ec.seed)
   return np.asarray(result.scores, np.float64)
 
 
