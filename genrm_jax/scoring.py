@@ -64,6 +64,9 @@ class ScoreResult:
   p_no: np.ndarray | None = None
   rationales: list[list[str]] | None = None  # CoT: K rationales per solution, as scored
   rationale_p_yes: np.ndarray | None = None  # CoT: [n, K]
+  # Tokens of the sequences scored: each item's (CoT: its prompt and its K rationales as scored),
+  # a shared prefix counted once per item. A throughput measure, not the work done.
+  tokens: int = 0
 
 
 # ----------------------------------------------------------------------------- shared forwards
@@ -129,7 +132,7 @@ def _verdict(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, mes
     _, out, _ = _prefill(cfg, params, sub, [keys[i] for i in chunk], [len(s) - 1 for s in sub],
                          share=opts.share_prefix, read_ids=yes_no, mesh=mesh)
     p[chunk] = np.exp(out["read_logprobs"])
-  return p[:, 0], p[:, 1]
+  return p[:, 0], p[:, 1], sum(map(len, seqs))
 
 
 def _row_seed(prompt: str, k: int) -> int:
@@ -144,6 +147,7 @@ def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: i
   seqs = [codec.prompt_ids(p) for p in prompts]
   p = np.zeros((len(seqs), k, 2))
   texts: list[list[str]] = [[] for _ in seqs]
+  tokens = sum(map(len, seqs))
   for chunk in _chunks(keys, k, opts.max_rows):
     sub = [seqs[i] for i in chunk]
     if opts.share_prefix:  # K samples decode from (and are scored on) one cache per solution
@@ -159,12 +163,13 @@ def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: i
                            mesh=mesh, row_seeds=[_row_seed(prompts[i], j) for i in chunk
                                                  for j in range(k)])
     rationale = [formats.ensure_verdict_question(x.text) for x in comps]
-    _, out = sampler.extend(cfg, params, prefix, parent, [codec.encode(r) for r in rationale],
-                            read_ids=yes_no, mesh=mesh)
+    blocks = [codec.encode(r) for r in rationale]
+    tokens += sum(map(len, blocks))
+    _, out = sampler.extend(cfg, params, prefix, parent, blocks, read_ids=yes_no, mesh=mesh)
     p[chunk] = np.exp(out["read_logprobs"]).reshape(len(chunk), k, 2)
     for j, i in enumerate(chunk):
       texts[i] = rationale[j * k:(j + 1) * k]
-  return p[..., 0], p[..., 1], texts
+  return p[..., 0], p[..., 1], texts, tokens
 
 
 def _score(p_yes, p_no, opts: ScoringConfig):
@@ -213,8 +218,8 @@ def genrm(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   codec = sampler.as_codec(vocab)
   prompts = [formats.direct_prompt(q, s, opts.instruction) for q, s in zip(questions, solutions)]
   yes_no = vocab_lib.verdict_token_ids(vocab)
-  p_yes, p_no = _verdict(cfg, params, codec, yes_no, prompts, questions, opts, mesh)
-  return ScoreResult(_score(p_yes, p_no, opts), p_yes, p_no)
+  p_yes, p_no, tokens = _verdict(cfg, params, codec, yes_no, prompts, questions, opts, mesh)
+  return ScoreResult(_score(p_yes, p_no, opts), p_yes, p_no, tokens=tokens)
 
 
 def genrm_cot(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
@@ -224,9 +229,11 @@ def genrm_cot(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   codec = sampler.as_codec(vocab)
   prompts = [formats.cot_prompt(q, s, opts.instruction) for q, s in zip(questions, solutions)]
   yes_no = vocab_lib.verdict_token_ids(vocab)
-  p_yes, p_no, texts = _cot(cfg, params, codec, yes_no, prompts, questions, opts, seed, mesh)
+  p_yes, p_no, texts, tokens = _cot(cfg, params, codec, yes_no, prompts, questions, opts, seed,
+                                    mesh)
   per = _score(p_yes, p_no, opts)
-  return ScoreResult(per.mean(axis=1), p_yes.mean(axis=1), p_no.mean(axis=1), texts, p_yes)
+  return ScoreResult(per.mean(axis=1), p_yes.mean(axis=1), p_no.mean(axis=1), texts, p_yes,
+                     tokens)
 
 
 def disc(cfg: ModelConfig, params, head: dict, vocab: Any, questions: Sequence[str],
@@ -244,7 +251,7 @@ def disc(cfg: ModelConfig, params, head: dict, vocab: Any, questions: Sequence[s
                          mesh=mesh)
     hidden = out["last_hidden"][:, None, :]  # [M, 1, D]: the last token is the only one
     scores[chunk] = np.asarray(objectives.disc_score(hidden, head, np.zeros(len(sub), np.int32)))
-  return ScoreResult(scores)
+  return ScoreResult(scores, tokens=sum(map(len, seqs)))
 
 
 def dpo(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
@@ -266,7 +273,7 @@ def dpo(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
                              token_logprobs=True, mesh=mesh)
     for j, i in enumerate(chunk):
       scores[i] = float(np.sum(out["token_logprobs"][j][cut[i] - 1 - start[j]:]))
-  return ScoreResult(scores)
+  return ScoreResult(scores, tokens=sum(map(len, seqs)))
 
 
 def score(method: str, cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
