@@ -80,17 +80,25 @@ class RewardClient:
     raise AssertionError("unreachable")
 
   def score(self, items: Sequence[tuple[str, str] | dict], *, method: str | None = None,
-            votes: int | None = None, return_rationales: bool = False) -> list[dict]:
-    """One result per item ({"score", "p_yes", "p_no"[, "rationales"]}), in order."""
-    body: dict[str, Any] = {"items": [it if isinstance(it, dict) else
-                                      {"question": it[0], "solution": it[1]} for it in items]}
+            votes: int | None = None, return_rationales: bool = False,
+            chunk: int = 256) -> list[dict]:
+    """One result per item ({"score", "p_yes", "p_no"[, "rationales"]}), in order.
+
+    Items go ``chunk`` a request (the server refuses more than its ``--max_items``).
+    """
+    options: dict[str, Any] = {}
     if method is not None:
-      body["method"] = method
+      options["method"] = method
     if votes is not None:
-      body["votes"] = votes
+      options["votes"] = votes
     if return_rationales:
-      body["return_rationales"] = True
-    return self._call("/v1/score", body)["results"]
+      options["return_rationales"] = True
+    wire = [it if isinstance(it, dict) else {"question": it[0], "solution": it[1]}
+            for it in items]
+    out: list[dict] = []
+    for start in range(0, len(wire), chunk):
+      out += self._call("/v1/score", {"items": wire[start:start + chunk], **options})["results"]
+    return out
 
   def get_reward(self, queries: Sequence[str], prompts: Sequence[str] | None = None,
                  labels: Sequence[Any] | None = None) -> dict:

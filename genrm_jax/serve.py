@@ -276,8 +276,9 @@ async def serve(app, sc: ServeConfig, signalled: Sequence[int] = ()) -> None:
   ``signalled`` lists signals received before uvicorn took over their handling: they stop the
   server as soon as it is up.
   """
+  # The standard asyncio loop: uvloop is not a dependency, so every install runs the same loop.
   server = uvicorn.Server(uvicorn.Config(app, host=sc.host, port=sc.port, access_log=False,
-                                         log_level="info", lifespan="on"))
+                                         log_level="info", lifespan="on", loop="asyncio"))
   task = asyncio.create_task(server.serve())
   while not server.started and not task.done():
     await asyncio.sleep(0.02)

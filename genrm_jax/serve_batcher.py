@@ -90,6 +90,7 @@ class Batcher:
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="genrm-score")
     self._task: asyncio.Task | None = None
     self._batch_seconds = 0.0  # of the last batch, for Retry-After
+    self._busy = False  # a batch is being scored
 
   @property
   def depth(self) -> int:
@@ -100,8 +101,8 @@ class Batcher:
     self._task = asyncio.get_running_loop().create_task(self._loop(), name="genrm-batcher")
 
   async def stop(self) -> None:
-    """Finishes what is queued, then stops the loop and the scoring thread."""
-    while self._pending:
+    """Finishes what is queued and being scored, then stops the loop and the scoring thread."""
+    while self._pending or self._busy:
       await asyncio.sleep(0.01)
     if self._task is not None:
       self._task.cancel()
@@ -138,11 +139,14 @@ class Batcher:
     while True:
       kind = await self._wait_for_batch()
       batch = self._take(kind)
+      self._busy = True
       try:
         await self._run(kind, batch)
       except Exception:  # pylint: disable=broad-except
         log.exception("batcher: unexpected failure; failing the batch's requests")
         self._fail({e.job for e in batch}, "internal error while batching")
+      finally:
+        self._busy = False
 
   async def _wait_for_batch(self) -> Kind:
     """The kind of the next batch, once it is full or its oldest item has waited max_wait_s."""
