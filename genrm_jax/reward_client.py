@@ -9,6 +9,10 @@ A 503 (queue full) is retried after the server's Retry-After, and a refused or r
 raises ``RewardServerError`` with the server's message. Standard library only, so it runs in any
 trainer's environment.
 
+OpenRLHF: ``--remote_rm_url http://HOST:PORT/get_reward`` calls the server directly, but sends no
+token; across hosts, pass this file as ``--remote_rm_url`` instead: its ``reward_func(queries,
+prompts, labels)`` posts the same request with the token.
+
 verl (``custom_reward_function.path`` = this file): ``compute_score(data_source, solution_str,
 ground_truth, extra_info)`` scores one response (the reward manager ``naive``);
 ``compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos)`` scores a whole
@@ -145,3 +149,14 @@ def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str
   del data_sources, ground_truths
   items = [(_question(info, i), s) for i, (s, info) in enumerate(zip(solution_strs, extra_infos))]
   return [r["score"] for r in _client().score(items)]
+
+
+def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any],
+                **unused: Any) -> dict:
+  """OpenRLHF's custom reward function: ``/get_reward`` with the token, as torch tensors."""
+  import torch  # pylint: disable=g-import-not-at-top  (OpenRLHF's environment has it)
+  del unused
+  got = _client().get_reward(queries, prompts, labels)
+  tensor = lambda xs: torch.tensor([float("nan") if x is None else x for x in xs])  # noqa: E731
+  return {"rewards": tensor(got["rewards"]), "scores": tensor(got["scores"]),
+          "extra_logs": {k: tensor(v) for k, v in got["extra_logs"].items()}}

@@ -40,12 +40,14 @@ import time
 from typing import Any, Protocol, Sequence
 
 import fastapi
+import jax
 import uvicorn
 from starlette.responses import JSONResponse, Response
 
 from genrm_jax import generate as gen
 from genrm_jax import scoring
 from genrm_jax import serve_api
+from genrm_jax import sharding
 from genrm_jax.serve_batcher import Batcher, BatchFailed, Kind, QueueFull
 from genrm_jax.serve_metrics import Metrics
 
@@ -118,7 +120,7 @@ class Scorer(Protocol):
   specials: tuple[str, ...]  # special pieces as text, stripped from /get_reward queries
   info: dict[str, Any]
 
-  def needed(self, method: str, votes: int, question: str, solution: str) -> int: ...
+  def needed(self, method: str, question: str, solution: str) -> int: ...
 
   def score(self, kind: Kind, items: Sequence[tuple[str, str]]) -> tuple[list[dict], int]: ...
 
@@ -127,8 +129,6 @@ class ModelScorer:
   """A model directory scored with ``genrm_jax.scoring`` on this host's devices."""
 
   def __init__(self, sc: ServeConfig):
-    import jax  # pylint: disable=g-import-not-at-top
-    from genrm_jax import sharding  # pylint: disable=g-import-not-at-top
     mesh = sharding.make_mesh(*sc.mesh, devices=jax.local_devices()) if sc.mesh else None
     self.verifier = scoring.load_verifier(sc.model, sc.method, mesh, what=f"--model {sc.model}")
     self.opts = gen.configure(scoring.ScoringConfig, instruction=gen.get_task(sc.task).instruction,
@@ -147,7 +147,7 @@ class ModelScorer:
                  "devices": [str(d) for d in devices],
                  "mesh": dict(mesh.shape) if mesh is not None else None}
 
-  def needed(self, method: str, votes: int, question: str, solution: str) -> int:
+  def needed(self, method: str, question: str, solution: str) -> int:
     return scoring.context_needed(method, self.verifier.vocab, question, solution, self.opts)
 
   def score(self, kind: Kind, items: Sequence[tuple[str, str]]) -> tuple[list[dict], int]:

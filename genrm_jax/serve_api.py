@@ -223,11 +223,11 @@ def parse_get_reward(body: Any, limits: Limits, specials: Sequence[str]) -> Requ
   return Request(method, votes, tuple(pairs), tuple(f"query[{i}]" for i in range(len(pairs))))
 
 
-def check_context(req: Request, needed: Callable[[str, int, str, str], int], max_seq_len: int
+def check_context(req: Request, needed: Callable[[str, str, str], int], max_seq_len: int
                   ) -> None:
   """400 for the first item whose scoring would not fit in the model's context."""
   for (question, solution), field in zip(req.items, req.fields):
-    n = needed(req.method, req.votes, question, solution)
+    n = needed(req.method, question, solution)
     if n > max_seq_len:
       raise ApiError(400, field, f"needs {n} positions with method {req.method}, over the "
                      f"model's context of {max_seq_len} (max_seq_len)")

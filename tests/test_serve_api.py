@@ -111,7 +111,7 @@ def test_get_reward_request_and_its_errors():
 def test_context_check_names_the_first_item_too_long():
   req = api.parse_score({"items": [{"question": "q", "solution": "s" * n} for n in (5, 50, 60)]},
                         LIMITS)
-  needed = lambda method, votes, q, s: len(q) + len(s)  # noqa: E731
+  needed = lambda method, q, s: len(q) + len(s)  # noqa: E731
   api.check_context(req, needed, 100)
   assert _error(api.check_context, req, needed, 40) == (
       400, "items[1]: needs 51 positions with method genrm, over the model's context of 40 "

@@ -31,7 +31,7 @@ class StandIn:
     self.gate.set()
     self.calls = 0
 
-  def needed(self, method, votes, question, solution):
+  def needed(self, method, question, solution):
     return len(question) + len(solution)
 
   def score(self, kind, items):
@@ -134,12 +134,15 @@ def test_body_and_item_limits_413_and_client_errors(app_server):
   assert reward["rewards"] == [3.0] and reward["extra_logs"]["p_yes"] == [0.5]
 
 
-def test_verl_reward_functions(app_server, monkeypatch):
+def test_verl_and_openrlhf_reward_functions(app_server, monkeypatch):
   url, _ = app_server
   monkeypatch.setenv(reward_client.URL_ENV, url)
   monkeypatch.setattr(reward_client, "_CLIENT", [])
   assert reward_client.compute_score("gsm8k", "abcd", "4", {"question": "q"}) == 4.0
   assert reward_client.compute_score_batch(["gsm8k"] * 2, ["a", "abc"], ["1", "2"],
                                            [{"question": "q"}] * 2) == [1.0, 3.0]
+  out = reward_client.reward_func(["Q: q\nA: Let's think step by step.\nab"],
+                                  ["Q: q\nA: Let's think step by step.\n"], ["2"])
+  assert out["rewards"].tolist() == [2.0] and out["extra_logs"]["p_no"].tolist() == [0.25]
   with pytest.raises(ValueError, match=r"extra_infos\[1\]: the GenRM reward needs the question"):
     reward_client.compute_score_batch(["d"] * 2, ["a", "b"], [None] * 2, [{"question": "q"}, {}])
