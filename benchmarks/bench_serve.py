@@ -11,8 +11,8 @@ twice, in a subprocess on 127.0.0.1: with dynamic batching (``--max_rows``, ``--
 and with batching off (``--max_rows 1 --max_wait_ms 0``: one item per forward). ``--clients``
 threads each send one-item ``/v1/score`` requests back to back over a kept-alive connection (as a
 per-sample reward function does), walking the items in order, so concurrent requests mostly share
-a question. First, requests of 1, 2, 4, ... consecutive items (up to ``2 * --clients``; with
-batching off, single items) compile the batch shapes the load will meet; then the clients run for ``--warmup`` seconds, and requests
+a question. First, requests shaped like the batches the load forms (with batching off, each
+item alone) compile the shapes it will meet; then the clients run for ``--warmup`` seconds, and requests
 completing in the next ``--seconds`` are counted: items/s, latency p50 / p99, and the mean batch
 size from the server's /metrics. Every loop is bounded in time; the servers are stopped with
 SIGTERM.
@@ -92,14 +92,17 @@ class Server:
     return {l.split(" ")[0]: float(l.split(" ")[1]) for l in text.splitlines()
             if l and not l.startswith("#")}
 
-  def compile_shapes(self, work: list[dict], most: int) -> float:
-    """Requests of 1, 2, 4, ... consecutive items (two offsets): the batches the load forms."""
-    start, n = time.monotonic(), 1
-    while n <= most:
-      for offset in (0, len(work) // 2 + 5):
-        self.call("POST", "/v1/score", {"items": [work[(offset + i) % len(work)]
-                                                  for i in range(n)]})
-      n *= 2
+  def compile_shapes(self, work: list[dict], batch: int) -> float:
+    """Requests shaped like the batches the load forms, so that it meets no new shape.
+
+    1, 2, 4, ... items up to ``batch`` (partial batches), then every run of ``batch`` consecutive
+    items the clients' walk produces (full batches; their question groups and lengths differ).
+    """
+    start = time.monotonic()
+    requests = [work[:1 << i] for i in range(batch.bit_length()) if 1 << i < batch]
+    requests += [work[i:i + batch] for i in range(0, len(work), batch)]
+    for items in requests:
+      self.call("POST", "/v1/score", {"items": items})
     return time.monotonic() - start
 
   def stop(self) -> int:
@@ -189,8 +192,9 @@ def main() -> None:
           f"{'mean batch':>10}")
     for method in args.methods.split(","):
       extra = ["--method", method, "--task", "gsm8k"]
-      label = method
+      label, votes = method, 1
       if method == "genrm_cot":
+        votes = args.cot_votes
         extra += ["--votes", str(args.cot_votes), *cot_gin]
         label += f" K={args.cot_votes} x {args.cot_new}"
       rates = {}
@@ -199,7 +203,8 @@ def main() -> None:
                           ("off", ["--max_rows", "1", "--max_wait_ms", "0"])):
         server = Server(model_dir, extra + flags)
         try:
-          compile_s = server.compile_shapes(work, 2 * args.clients if mode == "dynamic" else 1)
+          per_batch = max(1, min(args.clients, args.max_rows // votes))
+          compile_s = server.compile_shapes(work, per_batch if mode == "dynamic" else 1)
           r = load(server, work, args.clients, args.warmup, args.seconds)
         finally:
           code = server.stop()

@@ -93,11 +93,11 @@ def _text(value: Any, field: str) -> str:
 
 
 def _list(body: dict, name: str, limits: Limits, required: bool = True) -> list | None:
-  if name not in body:
+  value = body.get(name)
+  if value is None:  # an optional field may also be sent as null
     if required:
       raise ApiError(400, name, "missing")
     return None
-  value = body[name]
   if not isinstance(value, list):
     raise ApiError(400, name, f"expected a list, got {_type(value)}")
   if not value:

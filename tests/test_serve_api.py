@@ -91,6 +91,8 @@ def test_get_reward_request_and_its_errors():
   req = api.parse_get_reward({"query": [PROMPT + "s1", PROMPT + "s2"], "prompts": [PROMPT] * 2,
                               "labels": ["1", None], "extra": 1}, LIMITS, SPECIALS)
   assert req.items == (("abc def", "s1"), ("abc def", "s2")) and req.method == "genrm"
+  assert api.parse_get_reward({"query": [PROMPT + "s1"], "prompts": None, "labels": None},
+                              LIMITS, SPECIALS).items == (("abc def", "s1"),)
   assert req.fields == ("query[0]", "query[1]")
   cases = [
       ({"prompts": [PROMPT]}, "query: missing"),

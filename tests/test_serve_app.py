@@ -146,3 +146,22 @@ def test_verl_and_openrlhf_reward_functions(app_server, monkeypatch):
   assert out["rewards"].tolist() == [2.0] and out["extra_logs"]["p_no"].tolist() == [0.25]
   with pytest.raises(ValueError, match=r"extra_infos\[1\]: the GenRM reward needs the question"):
     reward_client.compute_score_batch(["d"] * 2, ["a", "b"], [None] * 2, [{"question": "q"}, {}])
+
+
+def test_bind_and_settings_checks(tmp_path):
+  assert serve.is_loopback("127.0.0.1") and serve.is_loopback("::1")
+  assert serve.is_loopback("localhost") and serve.is_loopback("127.8.0.1")
+  assert not serve.is_loopback("0.0.0.0") and not serve.is_loopback("::")
+  assert not serve.is_loopback("10.0.0.2") and not serve.is_loopback("my-host")
+  with pytest.raises(ValueError, match="not a loopback address"):
+    serve.read_token(serve.ServeConfig(model="m", host="my-host"))
+  (tmp_path / "t").write_text(" \n")
+  with pytest.raises(ValueError, match="expected one token"):
+    serve.read_token(serve.ServeConfig(model="m", host="0.0.0.0", token_file=str(tmp_path / "t")))
+  (tmp_path / "t").write_text("abc\n")
+  assert serve.read_token(serve.ServeConfig(model="m", host="0.0.0.0",
+                                            token_file=str(tmp_path / "t"))) == "abc"
+  with pytest.raises(ValueError, match="could never be queued"):
+    serve.ServeConfig(model="m", max_items=10, max_queue_items=5)
+  with pytest.raises(ValueError, match="--method 'judge'"):
+    serve.ServeConfig(model="m", method="judge")
