@@ -57,7 +57,6 @@ from genrm_jax import diagnostics as diag
 from genrm_jax import distributed
 from genrm_jax import evaluation as ev
 from genrm_jax import generate as gen
-from genrm_jax import objectives
 from genrm_jax import plots
 from genrm_jax import sampler
 from genrm_jax import scoring
@@ -69,8 +68,6 @@ METHODS = {"direct": "genrm", "cot": "genrm_cot", "discriminative": "disc", "dpo
            "judge": "llm_judge", "judge_cot": "llm_judge_cot", "genrm": "genrm",
            "genrm_cot": "genrm_cot", "disc": "disc", "llm_judge": "llm_judge",
            "llm_judge_cot": "llm_judge_cot"}
-VERDICT_METHODS = ("genrm", "genrm_cot", "llm_judge", "llm_judge_cot")
-COT_METHODS = ("genrm_cot", "llm_judge_cot")
 MODEL_FREE = ("pass@1", "pass@n", "self_consistency")
 WEIGHTED_SUFFIX = "+weighted_sc"
 
@@ -133,9 +130,9 @@ def parse_verifier(spec: str) -> VerifierSpec:
 
 def _fields(method: str) -> tuple[str, ...]:
   """The outputs a scoring method has (the same on every process, pools or not)."""
-  if method in COT_METHODS:
+  if method in scoring.COT_METHODS:
     return Scored.FIELDS
-  return ("score", "prob") if method in (*VERDICT_METHODS, "disc") else ("score",)
+  return ("score", "prob") if method in (*scoring.VERDICT_METHODS, "disc") else ("score",)
 
 
 def score_pools(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
@@ -143,16 +140,7 @@ def score_pools(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
   """``Scored`` fields, flat over the candidates of ``pools``, from one verifier on local devices."""
   method = METHODS[spec.method]
   mesh = sharding.make_mesh(*ec.mesh, devices=jax.local_devices()) if ec.mesh else None
-  what = f"verifier {spec.name}"
-  head = None
-  if method == "disc":
-    meta = checkpoint.read_meta(spec.model_dir)
-    if "disc_head" not in meta:
-      raise ValueError(f"{what}: {spec.model_dir} has no disc_head: method {spec.method} needs a "
-                       "model trained with the disc objective")
-    head = objectives.head_from_json(meta["disc_head"])
-  cfg, params, _, vocab = gen.load_model(spec.model_dir, mesh,
-                                         need_verdict=method in VERDICT_METHODS, what=what)
+  verifier = scoring.load_verifier(spec.model_dir, method, mesh, what=f"verifier {spec.name}")
   opts = gen.configure(scoring.ScoringConfig, instruction=task.instruction,
                        num_rationales=ec.cot_votes or None)
   flat = [c for p in pools for c in p.candidates]
@@ -160,14 +148,14 @@ def score_pools(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
   if not flat:  # more processes than problems
     return {f: np.zeros((0, k) if f in ("votes", "rationale_tokens") else 0)
             for f in _fields(method)}
-  r = scoring.score(method, cfg, params, vocab, [c["question"] for c in flat],
-                    [c["solution"] for c in flat], opts, head=head, seed=ec.seed, mesh=mesh)
+  r = verifier.score(method, [c["question"] for c in flat], [c["solution"] for c in flat], opts,
+                     seed=ec.seed)
   out = {"score": np.asarray(r.scores, np.float64)}
-  if method in VERDICT_METHODS:
+  if method in scoring.VERDICT_METHODS:
     out["prob"] = out["score"]
   elif method == "disc":
     out["prob"] = 1.0 / (1.0 + np.exp(-out["score"]))
-  if method in COT_METHODS:
+  if method in scoring.COT_METHODS:
     out["votes"] = np.asarray(r.rationale_scores, np.float64)
     out["rationale_tokens"] = np.asarray(r.rationale_tokens, np.float64)
   return out

@@ -243,12 +243,21 @@ def _filter_logits(logits, spec: _DecodeSpec):
   return x
 
 
+def _step_key(key, step):
+  """The key of one decoding step: one for the batch, or one per row (``key`` of shape [B])."""
+  if key.ndim == 0:
+    return jax.random.fold_in(key, step)
+  return jax.vmap(lambda k: jax.random.fold_in(k, step))(key)
+
+
 def _pick(logits, key, spec: _DecodeSpec):
   """(token, its log-probability under the raw model distribution)."""
   if spec.temperature == 0:
     tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   else:
-    tok = jax.random.categorical(key, _filter_logits(logits, spec)).astype(jnp.int32)
+    x = _filter_logits(logits, spec)
+    draw = jax.random.categorical if key.ndim == 0 else jax.vmap(jax.random.categorical)
+    tok = draw(key, x).astype(jnp.int32)
   lp = jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], axis=-1)[:, 0]
   return tok, lp
 
@@ -264,10 +273,12 @@ def _stopped(tokens, step, spec: _DecodeSpec):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh", "spec"))
-def _decode(params, cache, parent, last_logits, next_pos, rng, num_real, *, cfg: ModelConfig,
-            mesh, spec: _DecodeSpec):
+def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_real, *,
+            cfg: ModelConfig, mesh, spec: _DecodeSpec):
   TRACES["decode"] += 1
   n = spec.max_new_tokens
+  if row_seeds is not None:
+    rng = jax.vmap(lambda s: jax.random.fold_in(rng, s))(row_seeds)
   with _mesh_ctx(mesh):
     cache = _constrain_cache(_grow(_rows(cache, parent), n), mesh)
     logits0 = jnp.take(last_logits, parent, axis=0)
@@ -275,7 +286,7 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, num_real, *, cfg:
     b = parent.shape[0]
     transformer = model_lib.Transformer(cfg)
 
-    tok, lp = _pick(logits0, jax.random.fold_in(rng, 0), spec)
+    tok, lp = _pick(logits0, _step_key(rng, 0), spec)
     tokens = jnp.zeros((b, n), jnp.int32).at[:, 0].set(tok)
     state = {"cache": cache, "tokens": tokens,
              "logprobs": jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp),
@@ -292,7 +303,7 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, num_real, *, cfg:
       prev = jax.lax.dynamic_slice_in_dim(s["tokens"], step - 1, 1, axis=1)
       logits, c = transformer.apply({"params": params}, prev, (pos0 + step - 1)[:, None],
                                     jnp.ones_like(prev), cache=s["cache"])
-      tok, lp = _pick(logits[:, 0], jax.random.fold_in(rng, step), spec)
+      tok, lp = _pick(logits[:, 0], _step_key(rng, step), spec)
       tok = jnp.where(s["done"], 0, tok)
       lp = jnp.where(s["done"], 0.0, lp)
       tokens = jax.lax.dynamic_update_slice_in_dim(s["tokens"], tok[:, None], step, axis=1)
@@ -387,11 +398,20 @@ class Completion:
 
 
 def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], codec: Codec,
-           sampler_cfg: SamplerConfig, seed: int, mesh=None) -> list[Completion]:
-  """Samples one completion per entry of ``parent`` (a row of ``prefix``; repeats share it)."""
+           sampler_cfg: SamplerConfig, seed: int, mesh=None,
+           row_seeds: Sequence[int] | None = None) -> list[Completion]:
+  """Samples one completion per entry of ``parent`` (a row of ``prefix``; repeats share it).
+
+  With ``row_seeds`` (one 32-bit integer per entry), row i draws its tokens from
+  ``fold_in(key(seed), row_seeds[i])`` alone: its sample no longer depends on which other rows
+  share the batch or on its position there (the scorers rely on this to give an item the same
+  rationales however it is batched). Without them, one key drives the whole batch.
+  """
   if not parent or max(parent) >= prefix.num_rows:
     raise ValueError(f"decode: parents {min(parent, default=None)}..{max(parent, default=None)}"
                      f" outside the {prefix.num_rows} rows of the prefix")
+  if row_seeds is not None and len(row_seeds) != len(parent):
+    raise ValueError(f"decode: {len(row_seeds)} row seeds for {len(parent)} rows")
   sc = sampler_cfg
   spec = _DecodeSpec(sc.max_new_tokens, float(sc.temperature), sc.top_k, float(sc.top_p),
                      tuple(sorted({codec.eos_id, *sc.stop_token_ids})),
@@ -400,8 +420,13 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
   rows = bucket(len(parent), sc.batch_buckets, _row_multiple(mesh))
   par = np.zeros((rows,), np.int32)
   par[:len(parent)] = parent
+  seeds = None
+  if row_seeds is not None:
+    seeds = np.zeros((rows,), np.uint32)
+    seeds[:len(parent)] = row_seeds
+    seeds = _put_rows(seeds, mesh)
   out = _decode(params, prefix.cache, _put_rows(par, mesh), prefix.last_logits,
-                jnp.asarray(prefix.next_pos), jax.random.key(seed), len(parent), cfg=cfg,
+                jnp.asarray(prefix.next_pos), jax.random.key(seed), seeds, len(parent), cfg=cfg,
                 mesh=mesh, spec=spec)
   out = jax.device_get(out)
   result = []

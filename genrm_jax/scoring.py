@@ -14,20 +14,29 @@ encode(target)``). Work is shared through the KV cache (``sampler.extend``): wit
 longest common token prefix of one question's sequences (instruction + question) is prefilled once
 and extended per solution; the K rationales of a solution are sampled from, and scored on, that
 solution's cache. ``share_prefix=False`` computes every row from scratch (same numbers).
+
+An item's score depends only on the model, the item and (CoT) the seed, never on the other items
+scored with it: rationale k of a prompt draws from a key derived from (seed, prompt, k), not from
+its place in a batch. So a batch may hold any mix of items (the server merges concurrent requests'
+items into one ``score`` call) and eval, the server and any chunking agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from genrm_jax import formats, objectives, records, sampler
+from genrm_jax import checkpoint, formats, objectives, records, sampler
+from genrm_jax import generate as gen
 from genrm_jax import vocab as vocab_lib
 from genrm_jax.config import ModelConfig
 
 METHODS = ("genrm", "genrm_cot", "llm_judge", "llm_judge_cot", "disc", "dpo")
+VERDICT_METHODS = ("genrm", "genrm_cot", "llm_judge", "llm_judge_cot")
+COT_METHODS = ("genrm_cot", "llm_judge_cot")
 SCORE_KINDS = ("p_yes", "normalized")
 
 
@@ -57,6 +66,9 @@ class ScoreResult:
   rationale_p_yes: np.ndarray | None = None  # CoT: [n, K]
   rationale_scores: np.ndarray | None = None  # CoT: [n, K]; scores is their mean
   rationale_tokens: np.ndarray | None = None  # CoT: [n, K] tokens generated per rationale
+  # Tokens of the sequences scored: each item's (CoT: its prompt and its K rationales as scored),
+  # a shared prefix counted once per item. A throughput measure, not the work done.
+  tokens: int = 0
 
 
 # ----------------------------------------------------------------------------- shared forwards
@@ -122,7 +134,13 @@ def _verdict(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, mes
     _, out, _ = _prefill(cfg, params, sub, [keys[i] for i in chunk], [len(s) - 1 for s in sub],
                          share=opts.share_prefix, read_ids=yes_no, mesh=mesh)
     p[chunk] = np.exp(out["read_logprobs"])
-  return p[:, 0], p[:, 1]
+  return p[:, 0], p[:, 1], sum(map(len, seqs))
+
+
+def _row_seed(prompt: str, k: int) -> int:
+  """The 32-bit stream of rationale k of ``prompt`` (the same in any batch, process or run)."""
+  digest = hashlib.blake2b(f"{k}\0{prompt}".encode(), digest_size=4).digest()
+  return int.from_bytes(digest, "little")
 
 
 def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: int, mesh):
@@ -133,7 +151,8 @@ def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: i
   p = np.zeros((len(seqs), k, 2))
   generated = np.zeros((len(seqs), k), np.int64)
   texts: list[list[str]] = [[] for _ in seqs]
-  for c, chunk in enumerate(_chunks(keys, k, opts.max_rows)):
+  tokens = sum(map(len, seqs))
+  for chunk in _chunks(keys, k, opts.max_rows):
     sub = [seqs[i] for i in chunk]
     if opts.share_prefix:  # K samples decode from (and are scored on) one cache per solution
       prefix, _, _ = _prefill(cfg, params, sub, [keys[i] for i in chunk],
@@ -144,20 +163,54 @@ def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: i
       prefix, _, _ = _prefill(cfg, params, sub, None, None, share=False, read_ids=yes_no,
                               mesh=mesh)
       parent = list(range(len(sub)))
-    comps = sampler.decode(cfg, params, prefix, parent, codec, opts.rationale,
-                           seed=seed * 100_003 + c, mesh=mesh)
+    comps = sampler.decode(cfg, params, prefix, parent, codec, opts.rationale, seed=seed,
+                           mesh=mesh, row_seeds=[_row_seed(prompts[i], j) for i in chunk
+                                                 for j in range(k)])
     rationale = [formats.ensure_verdict_question(x.text) for x in comps]
-    _, out = sampler.extend(cfg, params, prefix, parent, [codec.encode(r) for r in rationale],
-                            read_ids=yes_no, mesh=mesh)
+    blocks = [codec.encode(r) for r in rationale]
+    tokens += sum(map(len, blocks))
+    _, out = sampler.extend(cfg, params, prefix, parent, blocks, read_ids=yes_no, mesh=mesh)
     p[chunk] = np.exp(out["read_logprobs"]).reshape(len(chunk), k, 2)
     generated[chunk] = np.array([len(x.token_ids) for x in comps]).reshape(len(chunk), k)
     for j, i in enumerate(chunk):
       texts[i] = rationale[j * k:(j + 1) * k]
-  return p[..., 0], p[..., 1], texts, generated
+  return p[..., 0], p[..., 1], texts, generated, tokens
 
 
 def _score(p_yes, p_no, opts: ScoringConfig):
   return p_yes if opts.score == "p_yes" else p_yes / (p_yes + p_no)
+
+
+def _disc_text(question: str, solution: str, instruction: str) -> str:
+  (rec,) = records.discriminative([{"question": question, "solution": solution,
+                                    "correct": False}], instruction)
+  return rec["inputs"]
+
+
+def _dpo_ids(codec, question: str, solution: str, instruction: str):
+  """(x, y): the question prompt and the solution as DPO trains it (stripped, then EOS)."""
+  x = codec.prompt_ids(formats.question_prompt(question, instruction))
+  return x, codec.encode(solution.rstrip("\n")) + [codec.eos_id]
+
+
+def context_needed(method: str, vocab: Any, question: str, solution: str,
+                   opts: ScoringConfig = ScoringConfig()) -> int:
+  """Positions scoring one item takes: what must fit in the model's ``max_seq_len``.
+
+  CoT counts the longest rationale (``opts.rationale.max_new_tokens``) and the verdict question
+  appended after it.
+  """
+  codec = sampler.as_codec(vocab)
+  if method in ("genrm", "llm_judge"):
+    return len(codec.prompt_ids(formats.direct_prompt(question, solution, opts.instruction)))
+  if method in COT_METHODS:
+    return (len(codec.prompt_ids(formats.cot_prompt(question, solution, opts.instruction)))
+            + opts.rationale.max_new_tokens + len(codec.encode("\n" + formats.VERDICT_QUESTION)))
+  if method == "disc":
+    return len(codec.prompt_ids(_disc_text(question, solution, opts.instruction)))
+  if method == "dpo":
+    return sum(map(len, _dpo_ids(codec, question, solution, opts.instruction)))
+  raise ValueError(f"context_needed: unknown method {method!r}; expected one of {METHODS}")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -170,8 +223,8 @@ def genrm(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   codec = sampler.as_codec(vocab)
   prompts = [formats.direct_prompt(q, s, opts.instruction) for q, s in zip(questions, solutions)]
   yes_no = vocab_lib.verdict_token_ids(vocab)
-  p_yes, p_no = _verdict(cfg, params, codec, yes_no, prompts, questions, opts, mesh)
-  return ScoreResult(_score(p_yes, p_no, opts), p_yes, p_no)
+  p_yes, p_no, tokens = _verdict(cfg, params, codec, yes_no, prompts, questions, opts, mesh)
+  return ScoreResult(_score(p_yes, p_no, opts), p_yes, p_no, tokens=tokens)
 
 
 def genrm_cot(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
@@ -181,11 +234,11 @@ def genrm_cot(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   codec = sampler.as_codec(vocab)
   prompts = [formats.cot_prompt(q, s, opts.instruction) for q, s in zip(questions, solutions)]
   yes_no = vocab_lib.verdict_token_ids(vocab)
-  p_yes, p_no, texts, generated = _cot(cfg, params, codec, yes_no, prompts, questions, opts,
-                                       seed, mesh)
+  p_yes, p_no, texts, generated, tokens = _cot(cfg, params, codec, yes_no, prompts, questions,
+                                               opts, seed, mesh)
   per = _score(p_yes, p_no, opts)
   return ScoreResult(per.mean(axis=1), p_yes.mean(axis=1), p_no.mean(axis=1), texts, p_yes, per,
-                     generated)
+                     generated, tokens)
 
 
 def disc(cfg: ModelConfig, params, head: dict, vocab: Any, questions: Sequence[str],
@@ -193,10 +246,8 @@ def disc(cfg: ModelConfig, params, head: dict, vocab: Any, questions: Sequence[s
          ) -> ScoreResult:
   """The discriminative RM's logit (``objectives.disc_score``) at the solution's last token."""
   codec = sampler.as_codec(vocab)
-  texts = [r["inputs"] for r in records.discriminative(
-      [{"question": q, "solution": s, "correct": False} for q, s in zip(questions, solutions)],
-      opts.instruction)]
-  seqs = [codec.prompt_ids(t) for t in texts]
+  seqs = [codec.prompt_ids(_disc_text(q, s, opts.instruction))
+          for q, s in zip(questions, solutions)]
   scores = np.zeros(len(seqs))
   for chunk in _chunks(questions, 1, opts.max_rows):
     sub = [seqs[i] for i in chunk]
@@ -205,7 +256,7 @@ def disc(cfg: ModelConfig, params, head: dict, vocab: Any, questions: Sequence[s
                          mesh=mesh)
     hidden = out["last_hidden"][:, None, :]  # [M, 1, D]: the last token is the only one
     scores[chunk] = np.asarray(objectives.disc_score(hidden, head, np.zeros(len(sub), np.int32)))
-  return ScoreResult(scores)
+  return ScoreResult(scores, tokens=sum(map(len, seqs)))
 
 
 def dpo(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
@@ -215,8 +266,7 @@ def dpo(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   codec = sampler.as_codec(vocab)
   seqs, cut = [], []
   for q, s in zip(questions, solutions):
-    x = codec.prompt_ids(formats.question_prompt(q, opts.instruction))
-    y = codec.encode(s.rstrip("\n")) + [codec.eos_id]
+    x, y = _dpo_ids(codec, q, s, opts.instruction)
     seqs.append(x + y)
     cut.append(len(x))
   scores = np.zeros(len(seqs))
@@ -228,7 +278,7 @@ def dpo(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
                              token_logprobs=True, mesh=mesh)
     for j, i in enumerate(chunk):
       scores[i] = float(np.sum(out["token_logprobs"][j][cut[i] - 1 - start[j]:]))
-  return ScoreResult(scores)
+  return ScoreResult(scores, tokens=sum(map(len, seqs)))
 
 
 def score(method: str, cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
@@ -248,3 +298,38 @@ def score(method: str, cfg: ModelConfig, params, vocab: Any, questions: Sequence
   if method == "dpo":
     return dpo(cfg, params, vocab, questions, solutions, opts, mesh)
   raise ValueError(f"score: unknown method {method!r}; expected one of {METHODS}")
+
+
+# ----------------------------------------------------------------------------- loaded verifiers
+
+
+@dataclasses.dataclass(frozen=True)
+class Verifier:
+  """A model directory loaded for scoring (on ``mesh``, or the default device)."""
+  model_dir: str
+  cfg: ModelConfig
+  params: Any
+  vocab: Any
+  head: dict | None = None  # the discriminative head, when the directory has one
+  mesh: Any = None
+
+  def score(self, method: str, questions: Sequence[str], solutions: Sequence[str],
+            opts: ScoringConfig = ScoringConfig(), seed: int = 0) -> ScoreResult:
+    return score(method, self.cfg, self.params, self.vocab, questions, solutions, opts,
+                 head=self.head, seed=seed, mesh=self.mesh)
+
+
+def load_verifier(model_dir: str, method: str, mesh=None, what: str = "verifier") -> Verifier:
+  """Loads ``model_dir`` for ``method``; an error naming ``what`` if it cannot serve it."""
+  if method not in METHODS:
+    raise ValueError(f"{what}: unknown method {method!r}; expected one of {METHODS}")
+  head = None
+  if method == "disc":
+    meta = checkpoint.read_meta(model_dir)
+    if "disc_head" not in meta:
+      raise ValueError(f"{what}: {model_dir} has no disc_head: method {method} needs a "
+                       "model trained with the disc objective")
+    head = objectives.head_from_json(meta["disc_head"])
+  cfg, params, _, vocab = gen.load_model(model_dir, mesh, need_verdict=method in VERDICT_METHODS,
+                                         what=what)
+  return Verifier(model_dir, cfg, params, vocab, head, mesh)

@@ -91,6 +91,26 @@ def test_seeds_reproducible_and_samples_reuse_prompt_cache(lm):
   assert ids(d) == ids(a)
 
 
+
+def test_row_seeds_make_a_sample_independent_of_its_batch(lm):
+  cfg, params = lm
+  codec = tiny_lm.char_codec()
+  prefix, _ = sampler.extend(cfg, params, None, [0] * len(PROMPTS), PROMPTS)
+  ids = lambda cs: [x.token_ids for x in cs]  # noqa: E731
+  # Rows (prompt, seed): the whole batch, then each row alone, then the batch reversed.
+  rows, seeds = [0, 1, 2, 1], [11, 12, 13, 14]
+  batch = ids(sampler.decode(cfg, params, prefix, rows, codec, SAMPLED, 5, row_seeds=seeds))
+  alone = [ids(sampler.decode(cfg, params, prefix, [r], codec, SAMPLED, 5, row_seeds=[s]))[0]
+           for r, s in zip(rows, seeds)]
+  reverse = ids(sampler.decode(cfg, params, prefix, rows[::-1], codec, SAMPLED, 5,
+                               row_seeds=seeds[::-1]))
+  assert batch == alone == reverse[::-1]
+  assert batch[1] != batch[3]  # one prompt, two seeds: two samples
+  other = ids(sampler.decode(cfg, params, prefix, rows, codec, SAMPLED, 6, row_seeds=seeds))
+  assert other != batch
+  with pytest.raises(ValueError, match="2 row seeds for 4 rows"):
+    sampler.decode(cfg, params, prefix, rows, codec, SAMPLED, 5, row_seeds=[1, 2])
+
 def test_stop_token_and_stop_string(lm):
   cfg, params = lm
   codec = tiny_lm.char_codec(eos_id=1)
