@@ -237,10 +237,15 @@ def _join(task: str, parts: list[str]) -> str:
 
 
 def solution_features(task: str, question: str, solution: str) -> dict[str, int]:
-  """What a verifier could read without checking: problem length, steps, answer length."""
+  """What a verifier could read without checking: problem length, steps, answer length, and
+  the differences that a solution of the right shape has at 0 (steps - words, answer units -
+  steps): a set where P(correct) moves with these teaches a verifier to prefer a shape."""
   steps, answer = parse_solution(solution)
-  return {"words": len(question.split()), "steps": len(steps),
-          "answer_length": len(answer_parts(task, answer)) if answer is not None else -1}
+  words = len(question.split())
+  units = len(answer_parts(task, answer)) if answer is not None else -1
+  return {"words": words, "steps": len(steps), "answer_length": units,
+          "steps_minus_words": len(steps) - words,
+          "answer_minus_steps": units - len(steps) if answer is not None else -99}
 
 
 def _drop_step(task: str, steps: list[str], answer: str, k: int) -> str:
@@ -254,13 +259,13 @@ def _drop_step(task: str, steps: list[str], answer: str, k: int) -> str:
   return render(kept, _join(task, parts))
 
 
-# One-edit wrong solutions for verifier training ("hard negatives"): the mistakes the tiny policy
-# makes (a repeated or neighbouring answer unit, two units swapped, a step's letter or word wrong,
-# a hallucinated step), each leaving the rest of the solution intact, so that only checking tells
-# them from the correct solution. The eval probes (``PROBES``) use other edits on purpose: they
-# test whether the check carries over to mistakes the verifier never saw.
-HARD_NEGATIVES = ("answer_repeat", "answer_neighbor", "answer_swap", "step_unit", "step_word",
-                  "extra_step")
+# One-edit wrong solutions for verifier training ("hard negatives"), each leaving the rest of the
+# solution intact so that only checking tells them from the correct solution: an answer unit
+# repeated, dropped, replaced by its neighbour or swapped with it; a step's unit or word wrong; a
+# step hallucinated or dropped. Insertions and deletions come in equal measure: with insertions
+# alone (the tiny policy's usual mistake) the verifiers learnt that shorter answers are right.
+HARD_NEGATIVES = ("answer_repeat", "answer_drop", "answer_neighbor", "answer_swap", "step_unit",
+                  "step_word", "extra_step", "drop_step")
 
 
 def _pairs(task: str, problem: Problem) -> list[tuple[str, str]]:
@@ -289,6 +294,8 @@ def hard_negative(problem: Problem, rng: random.Random, kind: str | None = None
     edited = list(units)
     if k == "answer_repeat":
       edited.insert(i, units[i])
+    elif k == "answer_drop":
+      del edited[i]
     elif k == "answer_neighbor":
       edited[i] = units[i - 1] if i and (rng.random() < 0.5 or i == len(units) - 1) else (
           units[(i + 1) % len(units)])
@@ -308,9 +315,11 @@ def hard_negative(problem: Problem, rng: random.Random, kind: str | None = None
         j = len(w) - 1 if task == LAST_LETTERS else rng.randrange(len(w))
         w2 = w[:j] + _other_letter(rng, w[j]) + w[j + 1:]
         pairs[i] = (w2, w2[-1] if task == LAST_LETTERS else w2)
-      else:  # a hallucinated step
+      elif k == "extra_step":  # a hallucinated step
         w2 = random_word(rng)
         pairs.insert(i, (w2, w2[-1] if task == LAST_LETTERS else w2))
+      else:  # a step left out, the answer following
+        del pairs[i]
       sol = _render_pairs(task, pairs)
     if not is_correct(problem, sol):
       return k, sol

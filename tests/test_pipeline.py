@@ -38,7 +38,8 @@ def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
     assert (out / path).exists(), path
   card = json.loads((out / "verifier_data_card.json").read_text())
   assert card["selected"]["records"] == len((out / "verifier_data.jsonl").read_text().splitlines())
-  assert set(card["sampled"]["by"]) == {"words", "steps", "answer_length"}
+  assert set(card["sampled"]["by"]) == {"words", "steps", "answer_length", "steps_minus_words",
+                                       "answer_minus_steps"}
   for line in (out / "test_candidates.jsonl").read_text().splitlines():
     rec = json.loads(line)
     assert {"question_id", "question", "solution", "extracted_answer", "correct"} <= set(rec)
