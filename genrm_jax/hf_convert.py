@@ -246,6 +246,9 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     if hf.get("use_bidirectional_attention"):
       raise ValueError(f"{where}: field 'use_bidirectional_attention'=true is not supported "
                        "(genrm-jax models are causal)")
+    if hf.get("attn_logit_softcapping") is not None:
+      raise ValueError(f"{where}: field 'attn_logit_softcapping'={hf['attn_logit_softcapping']} "
+                       "is not supported: transformers' Gemma 3 attention never applies it")
 
   def need(key):
     if key not in hf or hf[key] is None:
@@ -323,6 +326,9 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
                      "features; Gemma2ForCausalLM cannot express them (use family='gemma3')")
   elif cfg.family == "gemma3" and not cfg.use_qk_norm:
     raise ValueError("ModelConfig: Gemma3ForCausalLM always has QK-norm (use_qk_norm=True)")
+  elif cfg.family == "gemma3" and cfg.attn_logits_soft_cap is not None:
+    raise ValueError("ModelConfig field attn_logits_soft_cap: Gemma3ForCausalLM never applies "
+                     "attention soft-capping")
   arch, model_type = _HF_CLASS[cfg.family]
   d: dict[str, Any] = {
       "architectures": [arch], "model_type": model_type, "dtype": dtype,
