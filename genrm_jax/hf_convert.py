@@ -138,6 +138,32 @@ _FAMILY_LAYER_ROWS["gemma3"] = _FAMILY_LAYER_ROWS["gemma2"] + (
 )
 
 
+# llama.cpp's GGUF names of the HF tensors above (Gemma's pre-MLP norm is ffn_norm in all three).
+# GGUF files store every Gemma RMSNorm weight as 1 + w, the scale it applies.
+_GGUF_GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight",
+                      "model.norm.weight": "output_norm.weight"}
+_GGUF_LAYER_NAMES = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+}
+_GGUF_POST_ATTENTION = {"gemma": "ffn_norm", "gemma2": "post_attention_norm",
+                        "gemma3": "post_attention_norm"}
+
+
+def gguf_name(hf_name: str, family: str) -> str:
+  """The GGUF tensor name of an HF tensor name of a ``family`` model."""
+  if hf_name in _GGUF_GLOBAL_NAMES:
+    return _GGUF_GLOBAL_NAMES[hf_name]
+  _, _, i, rest = hf_name.split(".", 3)
+  module = rest.removesuffix(".weight")
+  gguf = (_GGUF_POST_ATTENTION[family] if module == "post_attention_layernorm"
+          else _GGUF_LAYER_NAMES[module])
+  return f"blk.{i}.{gguf}.weight"
+
+
 def key_map(cfg: ModelConfig) -> list[TensorMap]:
   """Every HF tensor of ``cfg``'s model, in HF order, with its place in our tree."""
   rows = list(_GLOBAL_ROWS)

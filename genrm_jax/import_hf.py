@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   src = ap.add_mutually_exclusive_group(required=True)
   src.add_argument("--hf_dir", help="Hugging Face folder: config.json + *.safetensors")
+  src.add_argument("--gguf", help="GGUF file of a Gemma / Gemma 2 / Gemma 3 (llama.cpp)")
   src.add_argument("--official_dir", help="official Gemma Flax/orbax checkpoint directory")
   ap.add_argument("--preset", help="model preset of an official checkpoint (e.g. gemma2_2b)")
   ap.add_argument("--out", required=True, help="genrm-jax model directory to write")
@@ -170,6 +171,11 @@ def main(argv: list[str] | None = None) -> None:
   args = ap.parse_args(argv)
   if args.hf_dir:
     import_hf(args.hf_dir, args.out, args.tokenizer, overwrite=args.overwrite)
+  elif args.gguf:
+    if args.tokenizer:
+      ap.error("--gguf brings its own vocabulary; --tokenizer does not apply")
+    from genrm_jax import gguf_import  # pylint: disable=g-import-not-at-top
+    gguf_import.import_gguf(args.gguf, args.out, overwrite=args.overwrite)
   else:
     if not args.preset:
       ap.error("--official_dir needs --preset (official checkpoints carry no config)")
