@@ -196,6 +196,8 @@ class GGUFFile:
     return text
 
   def _value(self, kind: int) -> Any:
+    if kind == 6:  # float32: its shortest decimal (1e-06, not 9.999999974752427e-07)
+      return float(str(np.float32(self._take("<f"))))
     if kind in _SCALARS:
       return self._take(_SCALARS[kind])
     if kind == 8:

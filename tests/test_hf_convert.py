@@ -6,9 +6,12 @@ perturbed so a mis-mapped norm cannot hide behind the identity scale.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -385,13 +388,32 @@ def test_official_layout_variants(tmp_path):
     hf_convert.params_from_official(official, cfg)
 
 
-def test_official_gemma_library_parity():
-  """gm.nn.Transformer as an independent reference, in its own parameter layout.
+# The gemma library's declared dependencies (xmanager) force protobuf < 7, so it cannot be a test
+# dependency; on Python 3.11 its code runs with these packages alone, installed without their
+# dependencies (../shared/notes/dependencies.md). pip caches the wheels.
+GEMMA_LIBRARY = ("gemma==3.3.0", "kauldron==1.4.2", "jaxtyping==0.3.11", "lark==1.3.1",
+                 "typeguard==4.6.1", "chex==0.1.92", "toolz==1.2.0")
 
-  Runs only where the `gemma` library is importable; it installs only with --no-deps on
-  Python 3.11 (see ../shared/notes/dependencies.md), so it is not a test dependency.
-  """
-  gm = pytest.importorskip("gemma.gm")
+
+@pytest.fixture(scope="session")
+def gemma_library(request):
+  """DeepMind's `gemma` library (gemma.gm), installed once into pytest's cache."""
+  target = pathlib.Path(request.config.cache.mkdir("gemma_library"))
+  with open(target.parent / "gemma_library.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers share the folder
+    stamp = target / "installed.txt"
+    if not stamp.exists() or stamp.read_text() != " ".join(GEMMA_LIBRARY):
+      subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade",
+                      "--target", str(target), *GEMMA_LIBRARY], check=True)
+      stamp.write_text(" ".join(GEMMA_LIBRARY))
+  sys.path.insert(0, str(target))
+  from gemma import gm  # pylint: disable=g-import-not-at-top
+  return gm
+
+
+def test_official_gemma_library_parity(gemma_library):
+  """gm.nn.Transformer as an independent reference, in its own parameter layout."""
+  gm = gemma_library
   from genrm_jax import config  # pylint: disable=g-import-not-at-top
   nn_ = gm.nn
   at = nn_.AttentionType
@@ -416,15 +438,27 @@ def test_official_gemma_library_parity():
                         num_kv_heads=2, head_dim=8, query_pre_attn_scalar=16,
                         attn_logits_soft_cap=2.0, final_logit_soft_cap=3.0,
                         sliding_window_size=4)),
+      # Gemma 3: QK-norm (_query_norm/_key_norm), 5 local : 1 global over 8 layers, window 4,
+      # RoPE bases 10K / 1M and the global scale factor 8.
+      (nn_.config.TransformerConfig(
+          num_embed=40, embed_dim=64, hidden_dim=96, num_heads=4, head_dim=16, num_kv_heads=2,
+          final_logit_softcap=None, attn_logits_soft_cap=None, use_post_attn_norm=True,
+          use_post_ffw_norm=True, use_qk_norm=True, sliding_window_size=4,
+          transpose_gating_einsum=True, local_base_frequency=10_000,
+          global_base_frequency=1_000_000, global_scale_factor=8.0,
+          attention_types=nn_.config.make_attention_layers_types(
+              (at.LOCAL_SLIDING,) * 5 + (at.GLOBAL,), num_layers=8)),
+       config.tiny_gemma3(vocab_size=40, embed_dim=64, hidden_dim=96, head_dim=16,
+                          query_pre_attn_scalar=16)),
   ]
   # Token 0 is padding for gm.nn.Transformer's default mask: draw from 1..V-1.
   tokens = np.random.default_rng(7).integers(1, 40, (2, SEQ)).astype(np.int32)
   for gm_cfg, cfg in cases:
     ref_model = nn_.Transformer(config=gm_cfg, dtype=jax.numpy.float32)
-    ref_params = ref_model.init(jax.random.key(1), tokens)["params"]
+    ref_params = jax.jit(ref_model.init)(jax.random.key(1), tokens)["params"]
     ref_params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape),
                               ref_params)  # non-zero norm offsets
-    ref = np.asarray(ref_model.apply({"params": ref_params}, tokens).logits)
+    ref = np.asarray(jax.jit(ref_model.apply)({"params": ref_params}, tokens).logits)
     params = hf_convert.params_from_official(ref_params, cfg)
     logits = jax.jit(model_lib.forward, static_argnums=0)(cfg, params, tokens)
     assert rel_err(logits, ref) <= 1e-4
