@@ -71,6 +71,7 @@ def stage_sample(args) -> None:
 def stage_train(args) -> None:
   from genrm_jax import train  # pylint: disable=g-import-not-at-top
   model = _model(args.workdir)
+  os.environ["GENRM_DATA_DIR"] = DATA  # the folder holding genrm-critiques/ (tasks/gsm8k.py)
   train.main([
       "--gin_file=gemma3_270m.gin",
       "--gin_file=gsm8k_genrm.gin", f"--workdir={os.path.join(args.workdir, 'train')}",
@@ -81,7 +82,6 @@ def stage_train(args) -> None:
       f"--gin_bindings=TrainConfig.checkpoint_every = {args.steps}",
       f"--gin_bindings=DataConfig.seq_len = {args.seq_len}",
       "--gin_bindings=OptimConfig.peak_lr = 2e-6", "--gin_bindings=OptimConfig.warmup_steps = 1",
-      f"--gin_bindings=register_gsm8k.data_dir = '{DATA}'",
   ])
 
 
