@@ -141,11 +141,15 @@ QUANT_TYPES: dict[int, tuple[str, int, int, Callable[[np.ndarray], np.ndarray]]]
 }
 
 
+def _unsupported(ggml_type: int, what: str) -> ValueError:
+  return ValueError(f"{what} has ggml type {ggml_type}, which is not supported (supported: "
+                    f"{', '.join(t[0] for t in QUANT_TYPES.values())})")
+
+
 def dequantize(raw: np.ndarray, ggml_type: int, count: int, what: str = "tensor") -> np.ndarray:
   """Flat float32 values of ``count`` elements stored as ``raw`` bytes of ``ggml_type``."""
   if ggml_type not in QUANT_TYPES:
-    raise ValueError(f"{what} has ggml type {ggml_type}, which is not supported (supported: "
-                     f"{', '.join(t[0] for t in QUANT_TYPES.values())})")
+    raise _unsupported(ggml_type, what)
   name, per_block, nbytes, fn = QUANT_TYPES[ggml_type]
   raw = np.asarray(raw).reshape(-1).view(np.uint8)
   if count % per_block or raw.size != count // per_block * nbytes:
@@ -372,7 +376,7 @@ def _check_tensors(f: GGUFFile, cfg: ModelConfig) -> dict[str, str]:
   for hf, g in names.items():
     ggml_type, shape, _ = f.tensors[g]
     if ggml_type not in QUANT_TYPES:
-      dequantize(np.zeros(0, np.uint8), ggml_type, 0, f"{f.path}: tensor {g!r}")  # raises
+      raise _unsupported(ggml_type, f"{f.path}: tensor {g!r}")
     if shape != expected[hf]:
       raise ValueError(f"{f.path}: tensor {g!r} has shape {shape} but the metadata implies "
                        f"{expected[hf]}")
