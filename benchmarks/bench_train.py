@@ -1,8 +1,9 @@
 """Train-step throughput: the genrm-jax step vs a transformers/torch step of the same Gemma.
 
-For the tiny and bench_10m configs, at one batch shape, prints tokens/s and MFU of
-``genrm_jax.step.make_train_step`` (LM objective, AdamW + clipping, fp32) and of
-``GemmaForCausalLM`` forward + backward + ``torch.optim.AdamW`` (2 threads), and their ratio.
+For the tiny and bench_10m configs (in the ``--family`` gemma, gemma2 or gemma3), at one batch
+shape, prints tokens/s and MFU of ``genrm_jax.step.make_train_step`` (LM objective, AdamW +
+clipping, fp32) and of the same transformers model's forward + backward + ``torch.optim.AdamW``
+(2 threads), and their ratio.
 MFU uses ``model.flops_per_token`` for both, against the fp32 matmul peak measured here in the
 same run (a 2048^3 matmul in XLA). Run: ``python benchmarks/bench_train.py [--steps N]``.
 """
@@ -15,7 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from genrm_jax import config, model, objectives, optim, sharding, step, synthetic
+from families import FAMILIES, in_family
+from genrm_jax import config, hf_convert, model, objectives, optim, sharding, step, synthetic
 
 
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:
@@ -59,14 +61,10 @@ def torch_step_time(cfg: config.ModelConfig, batch: int, seq: int, steps: int) -
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
   torch.manual_seed(0)
-  hf = transformers.GemmaConfig(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim, intermediate_size=cfg.hidden_dim,
-      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-      num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=cfg.max_seq_len,
-      rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_base, tie_word_embeddings=True,
-      attn_implementation="sdpa")
-  net = transformers.GemmaForCausalLM(hf).train()
+  hf = transformers.AutoConfig.for_model(**hf_convert.config_to_hf(cfg, "float32"))
+  # sdpa cannot soft-cap attention logits, so Gemma 2 runs eager, as transformers itself chooses.
+  attn = "eager" if cfg.family == "gemma2" else "sdpa"
+  net = transformers.AutoModelForCausalLM.from_config(hf, attn_implementation=attn).train()
   opt = torch.optim.AdamW(net.parameters(), lr=2e-6, weight_decay=1e-2)
   ids = torch.randint(2, cfg.vocab_size, (batch, seq))
 
@@ -85,6 +83,7 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=256)
+  ap.add_argument("--family", default="gemma", choices=FAMILIES)
   args = ap.parse_args()
   peak = matmul_peak()
   print(f"device: {jax.devices()[0].device_kind}; fp32 matmul peak (XLA, 2048^3): "
@@ -92,7 +91,7 @@ def main() -> None:
   print(f"{'config':<10} {'params':>8} {'jax tok/s':>10} {'jax MFU':>8} {'torch tok/s':>12} "
         f"{'torch MFU':>9} {'jax/torch':>9}")
   for name in ("tiny", "bench_10m"):
-    cfg = config.preset(name)
+    cfg = in_family(config.preset(name), args.family)
     tokens = args.batch * args.seq
     flops = model.flops_per_token(cfg, args.seq) * tokens
     tj = jax_step_time(cfg, args.batch, args.seq, args.steps)

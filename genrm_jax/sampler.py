@@ -188,26 +188,14 @@ def _constrain_cache(cache, mesh):
   return jax.lax.with_sharding_constraint(cache, model_lib.cache_shardings(cache, mesh))
 
 
-def _rows(cache, parent):
-  """Cache rows ``parent`` (repeats allowed): the prefix of row i becomes that of parent[i]."""
-  return {"k": jnp.take(cache["k"], parent, axis=1), "v": jnp.take(cache["v"], parent, axis=1),
-          "pos": jnp.take(cache["pos"], parent, axis=0), "end": cache["end"]}
-
-
-def _grow(cache, n: int):
-  """``n`` more empty slots; the cache is always exactly full up to ``end`` before a write."""
-  pad5 = ((0, 0), (0, 0), (0, n), (0, 0), (0, 0))
-  return {"k": jnp.pad(cache["k"], pad5), "v": jnp.pad(cache["v"], pad5),
-          "pos": jnp.pad(cache["pos"], ((0, 0), (0, n)), constant_values=-1),
-          "end": cache["end"]}
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh", "token_logprobs"))
 def _extend(params, cache, parent, tokens, positions, segment_ids, last_index, read_ids, *,
             cfg: ModelConfig, mesh, token_logprobs: bool):
   TRACES["extend"] += 1
   with _mesh_ctx(mesh):
-    cache = _constrain_cache(_grow(_rows(cache, parent), tokens.shape[1]), mesh)
+    # The cache is always exactly full up to ``end`` before a write.
+    cache = _constrain_cache(
+        model_lib.grow_cache(cfg, model_lib.cache_rows(cache, parent), tokens.shape[1]), mesh)
     transformer = model_lib.Transformer(cfg)
     # The [M, T, V] logits of the forward are unused (XLA drops them): only the rows' last
     # positions are unembedded, which matters with Gemma's 256k vocabulary.
@@ -280,7 +268,8 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_re
   if row_seeds is not None:
     rng = jax.vmap(lambda s: jax.random.fold_in(rng, s))(row_seeds)
   with _mesh_ctx(mesh):
-    cache = _constrain_cache(_grow(_rows(cache, parent), n), mesh)
+    cache = _constrain_cache(model_lib.grow_cache(cfg, model_lib.cache_rows(cache, parent), n),
+                             mesh)
     logits0 = jnp.take(last_logits, parent, axis=0)
     pos0 = jnp.take(next_pos, parent, axis=0)
     b = parent.shape[0]
