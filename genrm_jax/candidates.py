@@ -22,11 +22,12 @@ import collections
 import dataclasses
 import json
 import os
-import sys
-import tempfile
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from genrm_jax import cli
+from genrm_jax import files
 
 
 REQUIRED = ("question_id", "question", "solution", "extracted_answer", "correct")
@@ -140,27 +141,12 @@ def read_candidates(path: str, *, require_gold: bool = False,
   return build_pools(_lines(path), path, require_gold=require_gold, checker=checker)
 
 
-def write_jsonl_atomic(path: str, records: Iterable[dict[str, Any]]) -> None:
-  """Writes JSON lines to a temporary sibling renamed into place: never a half-written file."""
-  path = os.path.abspath(path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
-  try:
-    with os.fdopen(fd, "w") as f:
-      for rec in records:
-        f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def write_candidates(path: str, records: Sequence[dict[str, Any]], *,
                      require_gold: bool = False) -> list[Pool]:
   """Validates every record first, then writes the file atomically; returns the pools."""
   pools = build_pools(((f"{path} (record {i})", r) for i, r in enumerate(records)), path,
                       require_gold=require_gold)
-  write_jsonl_atomic(path, (c for p in pools for c in p.candidates))
+  files.write_jsonl(path, (c for p in pools for c in p.candidates))
   return pools
 
 
@@ -205,7 +191,7 @@ def from_released(rm_dir: str, num_questions: int, seed: int, gsm8k_train: str |
   return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m genrm_jax.candidates", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -224,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   chk.add_argument("file")
   chk.add_argument("--require_gold", action="store_true")
   args = parser.parse_args(argv)
-  try:
+
+  def run() -> None:
     if args.command == "from-released":
       train = args.gsm8k_train or os.path.join(
           os.path.dirname(os.path.abspath(args.rm_dir)), "..", "gsm8k", "train.jsonl")
@@ -234,14 +221,14 @@ def main(argv: Sequence[str] | None = None) -> None:
       pools = write_candidates(args.out, recs)
     else:
       pools = read_candidates(args.file, require_gold=args.require_gold)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  sizes = collections.Counter(len(p) for p in pools)
-  n = sum(len(p) for p in pools)
-  print(f"{len(pools)} questions, {n} candidates, "
-        f"{sum(int(p.correct.sum()) for p in pools)} correct; pool sizes {dict(sorted(sizes.items()))}")
+    sizes = collections.Counter(len(p) for p in pools)
+    n = sum(len(p) for p in pools)
+    print(f"{len(pools)} questions, {n} candidates, "
+          f"{sum(int(p.correct.sum()) for p in pools)} correct; pool sizes "
+          f"{dict(sorted(sizes.items()))}")
+
+  return cli.main(run)
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

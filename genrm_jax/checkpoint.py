@@ -6,25 +6,23 @@ Layout of a model directory::
     DIR/params/            orbax StandardCheckpointer tree (per-layer ``layer_{i}`` layout)
     DIR/tokenizer.model    the SentencePiece model the parameters were trained with (if any)
 
-Parameters are always stored unscanned, so a directory loads into either layout. Writing goes to a
-temporary sibling that is renamed at the end: a failure never leaves a half-written directory.
+Parameters are always stored unscanned, so a directory loads into either layout. A directory is
+written with ``files.atomic_dir``: a failure never leaves a half-written one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.experimental import multihost_utils
 
+from genrm_jax import files
 from genrm_jax import model as model_lib
+from genrm_jax import vocab as vocab_lib
 from genrm_jax.config import ModelConfig
 
 META_FILE = "genrm_model.json"
@@ -32,71 +30,11 @@ TOKENIZER_FILE = "tokenizer.model"
 FORMAT_VERSION = 1
 
 
-def is_remote(path: str) -> bool:
-  """A URL-style path (gs://...) that os and shutil cannot handle."""
-  return "://" in str(path)
-
-
-def abspath(path: str) -> str:
-  return str(path) if is_remote(path) else os.path.abspath(path)
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
-@contextlib.contextmanager
-def atomic_dir(out: str, overwrite: bool = False) -> Iterator[str]:
-  """Yields a temporary directory beside ``out``; renames it to ``out`` only on success.
-
-  With several JAX processes, all of them must enter: they share one temporary directory (on a
-  filesystem they all see), which process 0 creates and renames. Object stores (gs://) cannot
-  rename a directory, so there the directory is written in place and its ``genrm_model.json``,
-  written last, marks it complete.
-  """
-  if is_remote(out):
-    target = epath.Path(out)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-      raise FileExistsError(f"output directory {out} exists and is not empty")
-    _barrier(f"atomic_dir checked {out}")
-    yield out
-    _barrier(f"atomic_dir written {out}")
-    return
-  out = os.path.abspath(out)
-  if os.path.exists(out) and not overwrite:
-    if os.listdir(out):
-      raise FileExistsError(f"output directory {out} exists and is not empty")
-  parent = os.path.dirname(out)
-  main = jax.process_index() == 0
-  if jax.process_count() > 1:
-    tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-shared")
-    if main:
-      shutil.rmtree(tmp, ignore_errors=True)
-      os.makedirs(tmp)
-    _barrier(f"atomic_dir created {out}")
-  else:
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-  try:
-    yield tmp
-  except BaseException:
-    if main:
-      shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  _barrier(f"atomic_dir written {out}")
-  if main:
-    if os.path.exists(out):
-      shutil.rmtree(out)
-    os.rename(tmp, out)
-  _barrier(f"atomic_dir renamed {out}")
-
-
 def save_model_dir(out: str, cfg: ModelConfig, params: Any, tokenizer_path: str | None = None,
                    extra: dict[str, Any] | None = None, overwrite: bool = False) -> str:
   """Writes a model directory atomically. ``extra`` holds e.g. the objective or a value head."""
   params = model_lib.unscan_params(params, cfg)
-  with atomic_dir(out, overwrite=overwrite) as tmp:
+  with files.atomic_dir(out, overwrite=overwrite) as tmp:
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(tmp, "params"), params)
     ckptr.wait_until_finished()
@@ -111,6 +49,8 @@ def save_model_dir(out: str, cfg: ModelConfig, params: Any, tokenizer_path: str 
 
 
 def read_meta(path: str) -> dict[str, Any]:
+  if not epath.Path(path).is_dir():
+    raise FileNotFoundError(f"model directory {path} does not exist")
   meta_path = epath.Path(path) / META_FILE
   if not meta_path.exists():
     raise FileNotFoundError(f"{path} is not a genrm-jax model directory: {META_FILE} is missing")
@@ -152,3 +92,27 @@ def load_model_dir(path: str, mesh=None, cfg_overrides: dict[str, Any] | None = 
 def tokenizer_path(path: str) -> str | None:
   p = epath.Path(path) / TOKENIZER_FILE
   return str(p) if p.exists() else None
+
+
+def load_model_and_vocab(model_dir: str, mesh=None, need_verdict: bool = False,
+                         what: str = "checkpoint"):
+  """(cfg, params, meta, vocab) of a model directory whose vocabulary fits its embedding; errors
+  name ``what`` (e.g. "verifier v").
+
+  ``need_verdict``: " Yes" / " No" must be single tokens (GenRM scoring reads their probability).
+  """
+  if not epath.Path(model_dir).is_dir():
+    raise FileNotFoundError(f"{what} {model_dir}: the directory does not exist")
+  meta_cfg = read_meta(model_dir)["model"]
+  tok = tokenizer_path(model_dir)
+  if tok is None:
+    raise FileNotFoundError(f"{what} {model_dir} has no {TOKENIZER_FILE}")
+  vocab = vocab_lib.load_vocab(tok)
+  vocab_lib.check_fits(meta_cfg["vocab_size"], vocab, f"{what} {model_dir}", vocab_lib.MAX_PADDING)
+  if need_verdict:
+    try:
+      vocab_lib.verdict_token_ids(vocab)
+    except ValueError as e:
+      raise ValueError(f"{what} {model_dir}: {e}") from e
+  cfg, params, meta = load_model_dir(model_dir, mesh=mesh)
+  return cfg, params, meta, vocab

@@ -26,8 +26,11 @@ import logging
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
+
+from genrm_jax import startup
+
+tf = startup.import_tensorflow()
+import seqio  # pylint: disable=g-import-not-at-top,g-bad-import-order  (after TensorFlow, quietly)
 
 from genrm_jax import formats
 from genrm_jax import vocab as vocab_lib
@@ -99,14 +102,6 @@ def _features(kind: str) -> dict[str, seqio.Feature]:
 TASK_KIND: dict[str, str] = {}
 
 
-def target_verdict(targets: str) -> bool | None:
-  """The verdict a verification target ends in: " Yes"/" No", or a CoT rationale's last line."""
-  for verdict, word in ((True, formats.YES), (False, formats.NO)):
-    if targets == word or targets.endswith(formats.VERDICT_QUESTION + word):
-      return verdict
-  return None
-
-
 def _validate(name: str, split: str, kind: str, verdict: bool, records: Sequence[Record]) -> None:
   if not records:
     raise ValueError(f"task {name!r}: split {split!r} has no records")
@@ -117,7 +112,7 @@ def _validate(name: str, split: str, kind: str, verdict: bool, records: Sequence
       if not isinstance(v, str) or (k != "inputs" and not v.strip()):
         raise ValueError(f"task {name!r} split {split!r} ({where}): field {k!r} is missing, "
                          f"empty or not a string: {v!r:.80}")
-    if kind == "lm" and verdict and target_verdict(r["targets"]) is None:
+    if kind == "lm" and verdict and formats.target_verdict(r["targets"]) is None:
       raise ValueError(f"task {name!r} split {split!r} ({where}): target does not end in "
                        f"{formats.YES!r} / {formats.NO!r}: ...{r['targets'][-60:]!r}")
     if kind == "disc" and r.get("label") not in (0, 1, 0.0, 1.0, True, False):

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from genrm_jax import sharding as sharding_lib
 
@@ -221,10 +221,3 @@ def sync(name: str) -> None:
   """A barrier across processes (no-op with one process), e.g. before process 0 reads files."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
-
-
-def broadcast_from_main(tree: Any) -> Any:
-  """Process 0's value of a small host tree (e.g. a resume step) on every process."""
-  if jax.process_count() == 1:
-    return tree
-  return multihost_utils.broadcast_one_to_all(tree)

@@ -43,7 +43,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from typing import Sequence
 
@@ -53,14 +52,16 @@ import numpy as np
 from genrm_jax import algorithmic
 from genrm_jax import candidates as cands
 from genrm_jax import checkpoint
+from genrm_jax import cli
 from genrm_jax import diagnostics as diag
 from genrm_jax import distributed
 from genrm_jax import evaluation as ev
-from genrm_jax import generate as gen
+from genrm_jax import files
 from genrm_jax import plots
+from genrm_jax import policy_samples
 from genrm_jax import sampler
 from genrm_jax import scoring
-from genrm_jax import sharding
+from genrm_jax import task_rules
 from genrm_jax import vocab as vocab_lib
 
 # Command-line method name -> genrm_jax.scoring method (scoring's own names are accepted too).
@@ -93,12 +94,13 @@ class EvalConfig:
   overwrite: bool = False
 
 
-gen.register(EvalConfig)
-gen.register(scoring.ScoringConfig)
+cli.register(EvalConfig)
+cli.register(scoring.ScoringConfig)
 
 
 @dataclasses.dataclass(frozen=True)
-class VerifierSpec:
+class VerifierArg:
+  """One ``--verifier NAME=MODEL_DIR:METHOD``."""
   name: str
   model_dir: str
   method: str
@@ -115,7 +117,7 @@ class Scored:
   FIELDS = ("score", "prob", "votes", "rationale_tokens")
 
 
-def parse_verifier(spec: str) -> VerifierSpec:
+def parse_verifier(spec: str) -> VerifierArg:
   """"NAME=MODEL_DIR:METHOD" (NAME defaults to METHOD)."""
   name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
   model_dir, sep, method = rest.rpartition(":")
@@ -125,7 +127,7 @@ def parse_verifier(spec: str) -> VerifierSpec:
   name = name or method
   if name in MODEL_FREE or name.endswith(WEIGHTED_SUFFIX) or "[" in name:
     raise ValueError(f"--verifier {spec!r}: the name {name!r} is reserved")
-  return VerifierSpec(name, model_dir, method)
+  return VerifierArg(name, model_dir, method)
 
 
 def _fields(method: str) -> tuple[str, ...]:
@@ -135,13 +137,13 @@ def _fields(method: str) -> tuple[str, ...]:
   return ("score", "prob") if method in (*scoring.VERDICT_METHODS, "disc") else ("score",)
 
 
-def score_pools(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
-                task: gen.Task) -> dict[str, np.ndarray]:
+def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
+                task: task_rules.Task) -> dict[str, np.ndarray]:
   """``Scored`` fields, flat over the candidates of ``pools``, from one verifier on local devices."""
   method = METHODS[spec.method]
-  mesh = sharding.make_mesh(*ec.mesh, devices=jax.local_devices()) if ec.mesh else None
+  mesh = cli.mesh(ec.mesh, devices=jax.local_devices())
   verifier = scoring.load_verifier(spec.model_dir, method, mesh, what=f"verifier {spec.name}")
-  opts = gen.configure(scoring.ScoringConfig, instruction=task.instruction,
+  opts = cli.configure(scoring.ScoringConfig, instruction=task.instruction,
                        num_rationales=ec.cot_votes or None)
   flat = [c for p in pools for c in p.candidates]
   k = opts.num_rationales
@@ -161,8 +163,8 @@ def score_pools(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
   return out
 
 
-def score_shared(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
-                 task: gen.Task) -> Scored:
+def score_shared(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
+                 task: task_rules.Task) -> Scored:
   """Every pool's outputs on every process; process p scores its share ``pools[p::count]``."""
   count = jax.process_count()
   local = score_pools(spec, pools[jax.process_index()::count], ec, task)
@@ -279,7 +281,7 @@ def solution_tokens(pools: Sequence[cands.Pool], vocab: vocab_lib.Vocab | None
 
 
 def compute_results(pools: Sequence[cands.Pool], scores: dict[str, Scored], ec: EvalConfig,
-                    task: gen.Task, sol_tokens: list[np.ndarray] | None = None) -> dict:
+                    task: task_rules.Task, sol_tokens: list[np.ndarray] | None = None) -> dict:
   """results.json's content but diagnostics (see the module docstring)."""
   ns = ev.report_ns([len(p) for p in pools])
   what = [f"question_id {p.question_id!r}" for p in pools]
@@ -385,8 +387,8 @@ def _scores_lines(pools, scores: dict[str, Scored]):
       yield rec
 
 
-def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierSpec],
-                  pools: Sequence[cands.Pool], scores: dict[str, Scored], task: gen.Task,
+def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierArg],
+                  pools: Sequence[cands.Pool], scores: dict[str, Scored], task: task_rules.Task,
                   cand_file: str, t0: float, diagnostics: dict[str, dict],
                   sol_tokens: list[np.ndarray] | None) -> dict:
   """Computes the results and writes results.json, scores.jsonl, meta.json and the plots."""
@@ -408,7 +410,7 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierSpec],
                  f"(METHOD in {', '.join(list(METHODS)[:6])}) or --scores_file for Best-of-N rows")
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(res, f, indent=2)
-  cands.write_jsonl_atomic(os.path.join(out, "scores.jsonl"), _scores_lines(pools, scores))
+  files.write_jsonl(os.path.join(out, "scores.jsonl"), _scores_lines(pools, scores))
   sizes = [len(p) for p in pools]
   meta = {"task": ec.task, "candidates": cand_file if ec.candidates else "candidates.jsonl",
           "num_problems": len(pools), "pool_sizes": {"min": min(sizes), "max": max(sizes),
@@ -432,7 +434,7 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierSpec],
   return res
 
 
-def _first_vocab(specs: Sequence[VerifierSpec]) -> vocab_lib.Vocab | None:
+def _first_vocab(specs: Sequence[VerifierArg]) -> vocab_lib.Vocab | None:
   for s in specs:
     tok = checkpoint.tokenizer_path(s.model_dir)
     if tok:
@@ -440,14 +442,14 @@ def _first_vocab(specs: Sequence[VerifierSpec]) -> vocab_lib.Vocab | None:
   return None
 
 
-def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: gen.GenerateConfig | None = None
+def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateConfig | None = None
         ) -> dict | None:
   """Evaluates (and, with ``ec.policy``, first generates) candidates; writes ``ec.out``.
 
   Every process must call it; the results come back on process 0, None on the others.
   """
   t0 = time.time()
-  task = gen.get_task(ec.task)
+  task = task_rules.get_task(ec.task)
   specs = [parse_verifier(v) for v in ec.verifiers]
   if len({s.name for s in specs}) < len(specs):
     raise ValueError(f"verifier names must be distinct: {[s.name for s in specs]}")
@@ -457,13 +459,13 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: gen.GenerateConfig | None
     raise ValueError("--policy samples candidates in a single process; with several processes, "
                      "sample them first (python -m genrm_jax.generate) and pass --candidates")
   res = None
-  with checkpoint.atomic_dir(ec.out, overwrite=ec.overwrite) as tmp:
+  with files.atomic_dir(ec.out, overwrite=ec.overwrite) as tmp:
     cand_file = ec.candidates
     if ec.policy:
-      gc = dataclasses.replace(gc or gen.GenerateConfig(), checkpoint=ec.policy, task=ec.task,
+      gc = dataclasses.replace(gc or policy_samples.GenerateConfig(), checkpoint=ec.policy, task=ec.task,
                                seed=ec.seed, mesh=ec.mesh)
       cand_file = os.path.join(tmp, "candidates.jsonl")
-      cands.write_candidates(cand_file, gen.generate(gc, sc), require_gold=True)
+      cands.write_candidates(cand_file, policy_samples.generate(gc, sc), require_gold=True)
     pools = cands.read_candidates(cand_file, require_gold=ec.require_gold, checker=task.check)
     scores = read_scores(ec.scores_file, pools) if ec.scores_file else {}
     probes = (probe_pools(pools, ec.task, ec.seed)
@@ -495,10 +497,10 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: gen.GenerateConfig | None
   return res
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
   ap = argparse.ArgumentParser(prog="python -m genrm_jax.eval", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--task", choices=sorted(gen.TASKS))
+  ap.add_argument("--task", choices=sorted(task_rules.TASKS))
   ap.add_argument("--candidates")
   ap.add_argument("--out")
   ap.add_argument("--verifier", action="append", default=None, help="NAME=MODEL_DIR:METHOD")
@@ -516,22 +518,23 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument("--gin_bindings", action="append", default=[])
   distributed.add_flags(ap)
   args = ap.parse_args(argv)
-  distributed.initialize_from_flags(args)
-  gen.parse_gin(args.gin_file, args.gin_bindings)
-  ec = gen.configure(EvalConfig, task=args.task, candidates=args.candidates, out=args.out,
-                     verifiers=tuple(args.verifier) if args.verifier else None,
-                     scores_file=args.scores_file, cot_votes=args.cot_votes, seed=args.seed,
-                     require_gold=args.require_gold, overwrite=args.overwrite, policy=args.policy)
-  gc = gen.configure(gen.GenerateConfig, num_samples=args.num_samples,
-                     num_problems=args.num_problems, split=args.split, data_file=args.data_file)
-  if not ec.out:
-    ap.error("--out is required (as a flag or EvalConfig.out)")
-  try:
-    run(ec, gen.configure(sampler.SamplerConfig), gc)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
 
+  def run_command() -> None:
+    distributed.initialize_from_flags(args)
+    cli.parse_gin(args.gin_file, args.gin_bindings)
+    ec = cli.configure(EvalConfig, task=args.task, candidates=args.candidates, out=args.out,
+                       verifiers=tuple(args.verifier) if args.verifier else None,
+                       scores_file=args.scores_file, cot_votes=args.cot_votes, seed=args.seed,
+                       require_gold=args.require_gold, overwrite=args.overwrite,
+                       policy=args.policy)
+    gc = cli.configure(policy_samples.GenerateConfig, num_samples=args.num_samples,
+                       num_problems=args.num_problems, split=args.split,
+                       data_file=args.data_file)
+    if not ec.out:
+      cli.fail("--out is required (as a flag or EvalConfig.out)")
+    run(ec, cli.configure(sampler.SamplerConfig), gc)
+
+  return cli.main(run_command)
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -25,7 +25,10 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from safetensors.numpy import save_file
 
 from genrm_jax import checkpoint
+from genrm_jax import cli
+from genrm_jax import files
 from genrm_jax import hf_convert
+from genrm_jax import vocab as vocab_lib
 from genrm_jax.config import ModelConfig
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
@@ -102,9 +105,7 @@ def _added_tokens(proto: sp_pb2.ModelProto) -> dict[str, dict[str, Any]]:
 def write_tokenizer(tokenizer_path: str, out: str, cfg: ModelConfig) -> dict[str, int]:
   """Copies tokenizer.model and writes the HF tokenizer configs; returns special token ids."""
   sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
-  if sp.get_piece_size() > cfg.vocab_size:
-    raise ValueError(f"field 'vocab_size'={cfg.vocab_size} is smaller than the tokenizer "
-                     f"{tokenizer_path} ({sp.get_piece_size()} pieces)")
+  vocab_lib.check_fits(cfg.vocab_size, tokenizer_path, "exported model", max_padding=None)
   proto = sp_pb2.ModelProto()
   proto.ParseFromString(sp.serialized_model_proto())
   norm = proto.normalizer_spec
@@ -134,7 +135,7 @@ def write_hf_dir(cfg: ModelConfig, params: Any, out: str, tokenizer_path: str | 
   """Writes a complete HF folder atomically; returns ``out``."""
   dtype = dtype or cfg.param_dtype
   hf_cfg = hf_convert.config_to_hf(cfg, dtype)  # fails before anything is written
-  with checkpoint.atomic_dir(out, overwrite=overwrite) as tmp:
+  with files.atomic_dir(out, overwrite=overwrite) as tmp:
     if tokenizer_path:
       hf_cfg.update(write_tokenizer(tokenizer_path, tmp, cfg))
     write_weights(cfg, params, tmp, dtype, max_shard_bytes)
@@ -150,7 +151,7 @@ def export_hf(checkpoint_dir: str, out: str, dtype: str | None = None,
                       max_shard_bytes, overwrite)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--checkpoint", required=True, help="genrm-jax model directory")
   ap.add_argument("--out", required=True, help="Hugging Face folder to write")
@@ -160,9 +161,14 @@ def main(argv: list[str] | None = None) -> None:
                   help="split model.safetensors into shards of at most this size")
   ap.add_argument("--overwrite", action="store_true")
   args = ap.parse_args(argv)
-  export_hf(args.checkpoint, args.out, args.dtype, int(args.max_shard_gb * 2**30), args.overwrite)
-  print(f"wrote {args.out}")
+
+  def run() -> None:
+    export_hf(args.checkpoint, args.out, args.dtype, int(args.max_shard_gb * 2**30),
+              args.overwrite)
+    print(f"wrote {args.out}")
+
+  return cli.main(run)
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

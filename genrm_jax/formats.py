@@ -67,13 +67,42 @@ def ensure_verdict_question(rationale: str) -> str:
   return f"{body}\n{VERDICT_QUESTION}" if body else VERDICT_QUESTION
 
 
-_VERDICT_RE = re.compile(
-    r"Verification:\s*\**\s*Is the answer correct \(Yes/No\)\?\s*\**\s*(Yes|No)\b\**\s*$")
+# A verdict line as the released rationales write it, with or without markdown ``**``.
+_VERDICT_LINE = (r"\**\s*Verification:\s*\**\s*Is the answer correct \(Yes/No\)\?\s*\**\s*(Yes|No)"
+                 r"\b\**")
+_ANY_VERDICT_RE = re.compile(_VERDICT_LINE)
+_FINAL_VERDICT_RE = re.compile(_VERDICT_LINE + r"\s*$")
 
 
 def parse_verdict(text: str) -> bool | None:
   """The final Yes/No verdict of a rationale (markdown ``**`` tolerated), None if absent."""
-  m = _VERDICT_RE.search(text.strip())
+  m = _FINAL_VERDICT_RE.search(text.strip())
   if not m:
     return None
   return m.group(1) == "Yes"
+
+
+def verdict_prefix(text: str) -> str | None:
+  """The rationale up to and including its LAST verdict line, or None when there is no verdict."""
+  matches = list(_ANY_VERDICT_RE.finditer(text))
+  if not matches:
+    return None
+  return text[:matches[-1].end()].strip()
+
+
+def clean_rationale(text: str) -> str:
+  """A rationale ending in its verdict, rewritten to the plain released format (no ``**``)."""
+  verdict = parse_verdict(text)
+  if verdict is None:
+    raise ValueError(f"rationale has no final verdict: ...{text[-80:]!r}")
+  m = list(_ANY_VERDICT_RE.finditer(text))[-1]
+  body = text[:m.start()].rstrip(" *\n")
+  return cot_target(body, verdict)
+
+
+def target_verdict(targets: str) -> bool | None:
+  """The verdict a verification target ends in: " Yes"/" No", or a CoT rationale's last line."""
+  for verdict, word in ((True, YES), (False, NO)):
+    if targets == word or targets.endswith(VERDICT_QUESTION + word):
+      return verdict
+  return None

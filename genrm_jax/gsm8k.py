@@ -29,8 +29,9 @@ import zlib
 from typing import Any, Iterator, Sequence
 
 from genrm_jax import answers
+from genrm_jax import cli
+from genrm_jax import files
 from genrm_jax import formats
-from genrm_jax import records
 
 _Q_RE = re.compile(r"Q: (.*?)\nA: Let's think step by step\.\n(.*)\n(" +
                    re.escape(formats.VERDICT_QUESTION) + "|" +
@@ -255,7 +256,7 @@ def build_cot(paths: Sequence[str], skip_bad: bool = False
           raise BadRecord(f"{where}: correctness must be 0/1, got {rec['correctness']!r}")
         stats.skip("bad correctness")
         continue
-      verdict_text = records.verdict_prefix(rec["verifier_output"] or "")
+      verdict_text = formats.verdict_prefix(rec["verifier_output"] or "")
       if verdict_text is None:
         counts["unparseable"] += 1
         continue
@@ -265,19 +266,10 @@ def build_cot(paths: Sequence[str], skip_bad: bool = False
       counts["kept"] += 1
       out.append({"question_id": rec["question_id"], "question": rec["question"],
                   "solution": rec["model_output"], "correct": bool(rec["correctness"]),
-                  "rationale": records.clean_rationale(verdict_text),
+                  "rationale": formats.clean_rationale(verdict_text),
                   "model_output_id": rec["model_output_id"], "where": where})
   counts["skipped"] = stats.skipped
   return out, counts
-
-
-def _write_jsonl_atomic(records: Sequence[dict[str, Any]], out: str) -> None:
-  tmp = f"{out}.tmp-{os.getpid()}"
-  opener = gzip.open if out.endswith(".gz") else open
-  with opener(tmp, "wt", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,18 +281,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="output JSONL (.gz to compress); written atomically")
   cot.add_argument("--skip_bad", action="store_true", help="skip and count malformed records")
   args = parser.parse_args(argv)
-  paths = _glob(os.path.join(args.data_collection, "*.jsonl*"))
-  cands, counts = build_cot(paths, skip_bad=args.skip_bad)
-  records = [{"question_id": c["question_id"], "question": c["question"], "solution": c["solution"],
-              "correct": c["correct"], "rationale": c["rationale"],
-              "model_output_id": c["model_output_id"]} for c in cands]
-  _write_jsonl_atomic(records, args.out)
-  total = sum(counts.values())
-  print(f"build-cot: {len(paths)} files, {total} rationales: kept {counts['kept']}, dropped "
-        f"{counts['dropped']} (verdict disagrees with correctness), unparseable "
-        f"{counts['unparseable']}, skipped {counts['skipped']} -> {args.out}")
-  return 0
 
+  def run() -> None:
+    paths = _glob(os.path.join(args.data_collection, "*.jsonl*"))
+    cands, counts = build_cot(paths, skip_bad=args.skip_bad)
+    records = [{"question_id": c["question_id"], "question": c["question"],
+                "solution": c["solution"], "correct": c["correct"], "rationale": c["rationale"],
+                "model_output_id": c["model_output_id"]} for c in cands]
+    files.write_jsonl(args.out, records)
+    total = sum(counts.values())
+    print(f"build-cot: {len(paths)} files, {total} rationales: kept {counts['kept']}, dropped "
+          f"{counts['dropped']} (verdict disagrees with correctness), unparseable "
+          f"{counts['unparseable']}, skipped {counts['skipped']} -> {args.out}")
+
+  return cli.main(run)
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -25,11 +25,12 @@ import os
 from typing import Any
 
 import numpy as np
-import sentencepiece as spm
 from safetensors import safe_open
 
 from genrm_jax import checkpoint
+from genrm_jax import cli
 from genrm_jax import hf_convert
+from genrm_jax import vocab as vocab_lib
 from genrm_jax.config import ModelConfig, preset
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -87,16 +88,6 @@ def tensor_files(hf_dir: str) -> dict[str, str]:
   return files
 
 
-def check_vocab(cfg: ModelConfig, tokenizer_path: str, allow_padding: bool = False) -> int:
-  """Fails unless the tokenizer fits the embedding (exactly, unless padding is allowed)."""
-  n = spm.SentencePieceProcessor(model_file=tokenizer_path).get_piece_size()
-  if n > cfg.vocab_size or (n != cfg.vocab_size and not allow_padding):
-    raise ValueError(
-        f"field 'vocab_size'={cfg.vocab_size} does not match the tokenizer {tokenizer_path} "
-        f"({n} pieces)")
-  return n
-
-
 def load_hf(hf_dir: str, mesh=None) -> tuple[ModelConfig, Any]:
   """(config, params) of a HF Gemma folder; params land in their shards when ``mesh`` is given."""
   cfg = read_hf_config(hf_dir)
@@ -125,7 +116,8 @@ def import_hf(hf_dir: str, out: str, tokenizer: str | None = None, mesh=None,
   multimodal = hf_convert.is_multimodal(_config_json(hf_dir)[0])
   if tokenizer:
     # A multimodal Gemma 3 pads its embedding past the tokenizer (262_208 rows, 262_144 pieces).
-    check_vocab(cfg, tokenizer, allow_padding=multimodal)
+    vocab_lib.check_fits(cfg.vocab_size, tokenizer, f"HF folder {hf_dir}",
+                         None if multimodal else 0)
   cfg, params = load_hf(hf_dir, mesh=mesh)
   source: dict[str, Any] = {"hf_dir": os.path.abspath(hf_dir)}
   if multimodal:
@@ -147,7 +139,7 @@ def import_official(ckpt_dir: str, cfg: ModelConfig, out: str, tokenizer: str | 
                     overwrite: bool = False) -> str:
   # Official Gemma 1 embeddings are padded past the tokenizer (256128 rows, 256000 pieces).
   if tokenizer:
-    check_vocab(cfg, tokenizer, allow_padding=True)
+    vocab_lib.check_fits(cfg.vocab_size, tokenizer, f"official checkpoint {ckpt_dir}", None)
   params = load_official(ckpt_dir, cfg)
   return checkpoint.save_model_dir(out, cfg, params, tokenizer_path=tokenizer,
                                    extra={"source": {"official_dir": os.path.abspath(ckpt_dir)}},
@@ -158,7 +150,7 @@ def _existing(path: str) -> str | None:
   return path if os.path.exists(path) else None
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   src = ap.add_mutually_exclusive_group(required=True)
   src.add_argument("--hf_dir", help="Hugging Face folder: config.json + *.safetensors")
@@ -169,20 +161,24 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--tokenizer", help="SentencePiece tokenizer.model (default: the HF folder's)")
   ap.add_argument("--overwrite", action="store_true")
   args = ap.parse_args(argv)
-  if args.hf_dir:
-    import_hf(args.hf_dir, args.out, args.tokenizer, overwrite=args.overwrite)
-  elif args.gguf:
-    if args.tokenizer:
-      ap.error("--gguf brings its own vocabulary; --tokenizer does not apply")
-    from genrm_jax import gguf_import  # pylint: disable=g-import-not-at-top
-    gguf_import.import_gguf(args.gguf, args.out, overwrite=args.overwrite)
-  else:
-    if not args.preset:
-      ap.error("--official_dir needs --preset (official checkpoints carry no config)")
-    import_official(args.official_dir, preset(args.preset), args.out, args.tokenizer,
-                    overwrite=args.overwrite)
-  print(f"wrote {args.out}")
+  if args.gguf and args.tokenizer:
+    ap.error("--gguf brings its own vocabulary; --tokenizer does not apply")
+  if args.official_dir and not args.preset:
+    ap.error("--official_dir needs --preset (official checkpoints carry no config)")
+
+  def run() -> None:
+    if args.hf_dir:
+      import_hf(args.hf_dir, args.out, args.tokenizer, overwrite=args.overwrite)
+    elif args.gguf:
+      from genrm_jax import gguf_import  # pylint: disable=g-import-not-at-top
+      gguf_import.import_gguf(args.gguf, args.out, overwrite=args.overwrite)
+    else:
+      import_official(args.official_dir, preset(args.preset), args.out, args.tokenizer,
+                      overwrite=args.overwrite)
+    print(f"wrote {args.out}")
+
+  return cli.main(run)
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

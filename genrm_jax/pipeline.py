@@ -37,16 +37,13 @@ import gin
 
 from genrm_jax import algorithmic
 from genrm_jax import candidates as cands
+from genrm_jax import cli
 from genrm_jax import formats
 from genrm_jax import records
 from genrm_jax import vocab as vocab_lib
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "gin_configs")
-
-
 @dataclasses.dataclass(frozen=True)
-class VerifierSpec:
+class VerifierRecipe:
   """One verifier to train: its objective's gin file and bindings, its task and how eval scores
   it."""
   name: str
@@ -57,13 +54,13 @@ class VerifierSpec:
 
 
 VERIFIERS = (
-    VerifierSpec("discriminative", "pipeline/verifier_disc.gin", "policy_discriminative",
+    VerifierRecipe("discriminative", "pipeline/verifier_disc.gin", "policy_discriminative",
                  "discriminative"),
     # One verdict token per record against every solution token of the SFT records mixed in:
     # weighted 1, the verdict was 6-8% of the loss (see ObjectiveConfig.verdict_weight).
-    VerifierSpec("genrm", "pipeline/verifier_lm.gin", "policy_genrm", "direct",
+    VerifierRecipe("genrm", "pipeline/verifier_lm.gin", "policy_genrm", "direct",
                  ("ObjectiveConfig.verdict_weight = 8.0",)),
-    VerifierSpec("genrm_cot", "pipeline/verifier_lm.gin", "policy_genrm_cot", "cot"),
+    VerifierRecipe("genrm_cot", "pipeline/verifier_lm.gin", "policy_genrm_cot", "cot"),
 )
 
 
@@ -117,19 +114,17 @@ class PipelineConfig:
   extra_bindings: tuple[str, ...] = ()
 
 
-with gin.unlock_config():
-  _CONFIGURABLE = gin.external_configurable(PipelineConfig, name="PipelineConfig",
-                                            module="genrm_jax")
-
-
-def _gin(path: str) -> str:
-  return path if os.path.isabs(path) else os.path.join(GIN_DIR, path)
+cli.register(PipelineConfig)
 
 
 def _schedule(steps: int, decay_steps: int | None = None) -> list[str]:
   # Short CPU runs: warm up over a tenth of the run, then one cosine (to its end by default).
   return [f"OptimConfig.warmup_steps = {max(1, steps // 10)}",
           f"OptimConfig.decay_steps = {decay_steps or steps}"]
+
+
+class StageFailed(RuntimeError):
+  """A stage ended with an error status or without its output (its own error line came first)."""
 
 
 class Runner:
@@ -154,9 +149,9 @@ class Runner:
     rc = fn()
     gin.clear_config()
     if rc:
-      raise RuntimeError(f"pipeline stage {name!r} failed with status {rc}")
+      raise StageFailed(f"pipeline stage {name!r} failed with status {rc}")
     if not os.path.exists(done):
-      raise RuntimeError(f"pipeline stage {name!r} did not produce {done}")
+      raise StageFailed(f"pipeline stage {name!r} did not produce {done}")
     self.timings[name] = time.time() - t0
     print(f"== {name}: {self.timings[name]:.0f} s", flush=True)
 
@@ -166,7 +161,7 @@ class Runner:
     v = vocab_lib.load_vocab(self.path("vocab.model"))
     args = []
     for f in (pc.model_gin, *gin_files):
-      args += ["--gin_file", _gin(f)]
+      args += ["--gin_file", cli.gin_path(f)]
     for b in (f"DataConfig.vocab_path = '{self.path('vocab.model')}'",
               f"model_config.vocab_size = {v.vocab_size}", f"TrainConfig.seed = {pc.seed}",
               f"DataConfig.seed = {pc.seed}", *bindings, *pc.extra_bindings):
@@ -281,9 +276,8 @@ class Runner:
 
 def parse_config(gin_files: Sequence[str], bindings: Sequence[str], out: str | None
                  ) -> PipelineConfig:
-  gin.clear_config()
-  gin.parse_config_files_and_bindings([_gin(f) for f in gin_files], list(bindings))
-  pc = _CONFIGURABLE()
+  cli.parse_gin(gin_files, bindings)
+  pc = cli.configure(PipelineConfig)
   gin.clear_config()
   return dataclasses.replace(pc, out=out) if out else pc
 
@@ -296,17 +290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--gin_bindings", action="append", default=[])
   ap.add_argument("--out", help="run folder (default PipelineConfig.out)")
   args = ap.parse_args(argv)
-  pc = parse_config(args.gin_file, args.gin_bindings, args.out)
-  t0 = time.time()
-  try:
-    Runner(pc).run()
-  except (RuntimeError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 1
-  print(f"pipeline finished in {time.time() - t0:.0f} s; outputs in {os.path.abspath(pc.out)}",
-        flush=True)
-  return 0
 
+  def run() -> None:
+    pc = parse_config(args.gin_file, args.gin_bindings, args.out)
+    t0 = time.time()
+    try:
+      Runner(pc).run()
+    except StageFailed as e:
+      cli.fail(str(e))
+    print(f"pipeline finished in {time.time() - t0:.0f} s; outputs in {os.path.abspath(pc.out)}",
+          flush=True)
+
+  return cli.main(run)
 
 if __name__ == "__main__":
   sys.exit(main())

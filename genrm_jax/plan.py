@@ -110,7 +110,11 @@ def _devices(topo: Topology, backend: str):
   import jax  # pylint: disable=g-import-not-at-top
   if backend == "tpu":
     from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-    return list(topologies.get_topology_desc(topology_name=topo.name, platform="tpu").devices)
+    from genrm_jax import startup  # pylint: disable=g-import-not-at-top
+    # libtpu, on a machine without a TPU, prints that it cannot tell the accelerator type or
+    # the worker hostnames: neither matters for compiling ahead of time.
+    with startup.captured_stderr():
+      return list(topologies.get_topology_desc(topology_name=topo.name, platform="tpu").devices)
   devices = jax.devices("cpu")
   if len(devices) < topo.num_chips:
     raise RuntimeError(
@@ -159,8 +163,6 @@ def analytic_activation_bytes(cfg, spec: PlanSpec, mesh: tuple[int, int, int]) -
 def make_plan(spec: PlanSpec, backend: str) -> Plan:
   """Lowers and compiles the trainer's step for ``spec`` on ``backend`` devices."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
 
   from genrm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from genrm_jax import objectives, optim, sharding, step  # pylint: disable=g-import-not-at-top
@@ -173,7 +175,7 @@ def make_plan(spec: PlanSpec, backend: str) -> Plan:
   cfg = config_lib.preset(spec.model, **dict(spec.model_overrides)).replace(
       dtype=spec.dtype, param_dtype=spec.param_dtype, remat_policy=spec.remat,
       scan_layers=spec.scan_layers, max_seq_len=max(spec.seq_len, 1))
-  mesh = Mesh(np.asarray(_devices(topo, backend)).reshape(mesh_shape), sharding.MESH_AXES)
+  mesh = sharding.make_mesh(*mesh_shape, devices=_devices(topo, backend))
   sharding.check_divides(mesh, batch=spec.batch // spec.grad_accum, num_heads=cfg.num_heads,
                          where=f"plan {spec.model} on {spec.topology}")
   obj = objectives.ObjectiveConfig(kind=spec.objective)
@@ -305,17 +307,16 @@ def spec_from_gin(gin_files: Sequence[str], bindings: Sequence[str], topology: s
   """The PlanSpec of a trainer gin composition: its model, batch, rows, mesh, remat, objective."""
   import gin  # pylint: disable=g-import-not-at-top
   from genrm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from genrm_jax import train  # pylint: disable=g-import-not-at-top
-  train.parse_gin(list(gin_files), list(bindings))
+  from genrm_jax import cli, sharding, train  # pylint: disable=g-import-not-at-top
+  cli.parse_gin(gin_files, bindings)
   exp = train.experiment_from_gin()
   try:
     preset = gin.query_parameter("model_config.preset")
   except ValueError:
     preset = "tiny"  # model_config's default
   chips = parse_topology(topology).num_chips
-  sizes = [exp.train.mesh_data, exp.train.mesh_fsdp, exp.train.mesh_tensor]
-  if -1 in sizes:
-    sizes[sizes.index(-1)] = chips // -math.prod(sizes)
+  sizes = sharding.mesh_sizes(exp.train.mesh_data, exp.train.mesh_fsdp, exp.train.mesh_tensor,
+                              chips)
   base = config_lib.preset(preset)
   overrides = tuple((f.name, getattr(exp.model, f.name)) for f in dataclasses.fields(exp.model)
                     if getattr(exp.model, f.name) != getattr(base, f.name))
@@ -327,6 +328,11 @@ def spec_from_gin(gin_files: Sequence[str], bindings: Sequence[str], topology: s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  from genrm_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.main(lambda: _plan(argv))
+
+
+def _plan(argv: Sequence[str] | None) -> int:
   ap = argparse.ArgumentParser(prog="python -m genrm_jax.plan", description=__doc__.split("\n")[0])
   ap.add_argument("--model", help="a config preset: gemma_2b, gemma_7b, ...")
   ap.add_argument("--gin_file", action="append", default=[],

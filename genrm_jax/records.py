@@ -10,34 +10,11 @@ from __future__ import annotations
 
 import collections
 import random
-import re
 from typing import Any, Callable, Iterable, Sequence
 
 from genrm_jax import formats
 
 Candidate = dict[str, Any]
-
-
-_ANY_VERDICT_RE = re.compile(r"\**\s*Verification:\s*\**\s*Is the answer correct \(Yes/No\)\?\s*\**"
-                             r"\s*(Yes|No)\b\**")
-
-
-def verdict_prefix(text: str) -> str | None:
-  """The rationale up to and including its LAST verdict line, or None when there is no verdict."""
-  matches = list(_ANY_VERDICT_RE.finditer(text))
-  if not matches:
-    return None
-  return text[:matches[-1].end()].strip()
-
-
-def clean_rationale(text: str) -> str:
-  """A rationale ending in its verdict, rewritten to the plain released format (no ``**``)."""
-  verdict = formats.parse_verdict(text)
-  if verdict is None:
-    raise ValueError(f"rationale has no final verdict: ...{text[-80:]!r}")
-  m = list(_ANY_VERDICT_RE.finditer(text))[-1]
-  body = text[:m.start()].rstrip(" *\n")
-  return formats.cot_target(body, verdict)
 
 
 def _by_question(cands: Iterable[Candidate]) -> dict[str, list[Candidate]]:
@@ -64,14 +41,14 @@ def verify_cot(cands: Iterable[Candidate], instruction: str) -> list[dict[str, A
   for c in cands:
     if "rationale" not in c:
       continue
-    prefix = verdict_prefix(c["rationale"])
+    prefix = formats.verdict_prefix(c["rationale"])
     if prefix is None:
       target = formats.cot_target(c["rationale"], c["correct"])
     else:
       if formats.parse_verdict(prefix) != bool(c["correct"]):
         raise ValueError(f"{c.get('where', c['question_id'])}: rationale verdict contradicts the "
                          f"label correct={c['correct']}")
-      target = clean_rationale(prefix)
+      target = formats.clean_rationale(prefix)
     out.append({"inputs": formats.cot_prompt(c["question"], c["solution"], instruction),
                 "targets": target, **_where(c)})
   return out

@@ -30,7 +30,6 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 
 from genrm_jax import checkpoint, formats, objectives, records, sampler
-from genrm_jax import generate as gen
 from genrm_jax import vocab as vocab_lib
 from genrm_jax.config import ModelConfig
 
@@ -323,13 +322,12 @@ def load_verifier(model_dir: str, method: str, mesh=None, what: str = "verifier"
   """Loads ``model_dir`` for ``method``; an error naming ``what`` if it cannot serve it."""
   if method not in METHODS:
     raise ValueError(f"{what}: unknown method {method!r}; expected one of {METHODS}")
+  cfg, params, meta, vocab = checkpoint.load_model_and_vocab(
+      model_dir, mesh, need_verdict=method in VERDICT_METHODS, what=what)
   head = None
   if method == "disc":
-    meta = checkpoint.read_meta(model_dir)
     if "disc_head" not in meta:
       raise ValueError(f"{what}: {model_dir} has no disc_head: method {method} needs a "
                        "model trained with the disc objective")
     head = objectives.head_from_json(meta["disc_head"])
-  cfg, params, _, vocab = gen.load_model(model_dir, mesh, need_verdict=method in VERDICT_METHODS,
-                                         what=what)
   return Verifier(model_dir, cfg, params, vocab, head, mesh)

@@ -35,7 +35,6 @@ import ipaddress
 import logging
 import os
 import signal
-import sys
 import time
 from typing import Any, Protocol, Sequence
 
@@ -44,10 +43,10 @@ import jax
 import uvicorn
 from starlette.responses import JSONResponse, Response
 
-from genrm_jax import generate as gen
+from genrm_jax import cli
 from genrm_jax import scoring
 from genrm_jax import serve_api
-from genrm_jax import sharding
+from genrm_jax import task_rules
 from genrm_jax.serve_batcher import Batcher, BatchFailed, Kind, QueueFull
 from genrm_jax.serve_metrics import Metrics
 
@@ -55,7 +54,7 @@ log = logging.getLogger("genrm_jax.serve")
 
 SERVED = ("genrm", "genrm_cot", "disc", "dpo")
 ENDPOINTS = ("/v1/score", "/get_reward", "/health", "/metrics")
-gen.register(scoring.ScoringConfig)  # so that --gin_bindings may name it
+cli.register(scoring.ScoringConfig)  # so that --gin_bindings may name it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +128,10 @@ class ModelScorer:
   """A model directory scored with ``genrm_jax.scoring`` on this host's devices."""
 
   def __init__(self, sc: ServeConfig):
-    mesh = sharding.make_mesh(*sc.mesh, devices=jax.local_devices()) if sc.mesh else None
+    mesh = cli.mesh(sc.mesh, devices=jax.local_devices())
     self.verifier = scoring.load_verifier(sc.model, sc.method, mesh, what=f"--model {sc.model}")
-    self.opts = gen.configure(scoring.ScoringConfig, instruction=gen.get_task(sc.task).instruction,
+    self.opts = cli.configure(scoring.ScoringConfig,
+                              instruction=task_rules.get_task(sc.task).instruction,
                               num_rationales=sc.votes or None)
     self.seed = sc.seed
     self.methods = (sc.method, *(m for m in ("genrm", "genrm_cot") if m != sc.method)
@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--model", required=True, help="model directory")
   ap.add_argument("--method", required=True, choices=SERVED)
-  ap.add_argument("--task", default="gsm8k", choices=sorted(gen.TASKS))
+  ap.add_argument("--task", default="gsm8k", choices=sorted(task_rules.TASKS))
   ap.add_argument("--votes", type=int, default=0, help="K rationales a CoT item (default: "
                   "ScoringConfig.num_rationales); a request may ask for others up to --max_votes")
   ap.add_argument("--seed", type=int, default=0)
@@ -312,16 +312,18 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument("--gin_bindings", action="append", default=[])
   args = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  try:
-    mesh = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else ()
+
+  def start() -> tuple[ServeConfig, str | None, ModelScorer]:
+    mesh = cli.int_tuple("--mesh", args.mesh or None, minimum=-1) or ()
     fields = {f.name for f in dataclasses.fields(ServeConfig)} - {"mesh"}
     sc = ServeConfig(mesh=mesh, **{k: v for k, v in vars(args).items() if k in fields})
     token = read_token(sc)
-    gen.parse_gin(args.gin_file, args.gin_bindings)
-    scorer = ModelScorer(sc)
-  except (ValueError, FileNotFoundError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    cli.parse_gin(args.gin_file, args.gin_bindings)
+    return sc, token, ModelScorer(sc)
+
+  started = []
+  cli.main(lambda: started.append(start()))
+  sc, token, scorer = started[0]
   # uvicorn handles SIGTERM/SIGINT while serving (drain, then stop) and, once done, re-raises the
   # signal to the handler it found: this one only records it, so a drained server exits 0.
   signalled: list[int] = []

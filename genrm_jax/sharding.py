@@ -41,28 +41,32 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; ``-1`` for one axis takes the devices left over."""
-  devices = list(devices if devices is not None else jax.devices())
-  n = len(devices)
+def mesh_sizes(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) over ``num_devices``; ``-1`` for one axis takes the devices left over."""
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
     raise ValueError(f"mesh: data={data}, fsdp={fsdp}, tensor={tensor}: at most one axis may be -1")
   if -1 in sizes:
     rest = -math.prod(sizes)
-    if n % rest:
+    if num_devices % rest:
       raise ValueError(f"mesh: data={data} x fsdp={fsdp} x tensor={tensor} (-1 excluded) "
-                       f"does not divide {n} devices")
-    sizes[sizes.index(-1)] = n // rest
-    data, fsdp, tensor = sizes
-  if data * fsdp * tensor != n:
+                       f"does not divide {num_devices} devices")
+    sizes[sizes.index(-1)] = num_devices // rest
+  if math.prod(sizes) != num_devices:
     raise ValueError(
-        f"mesh: data={data} x fsdp={fsdp} x tensor={tensor} = {data * fsdp * tensor} "
-        f"but {n} devices are available")
+        f"mesh: data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} "
+        f"but {num_devices} devices are available")
+  return sizes[0], sizes[1], sizes[2]
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh; ``-1`` for one axis takes the devices left over."""
+  devices = list(devices if devices is not None else jax.devices())
   # Mesh(...) keeps the axes in Auto mode, which with_sharding_constraint needs
   # (jax.make_mesh would make them Explicit).
-  return Mesh(np.asarray(devices).reshape(data, fsdp, tensor), MESH_AXES)
+  return Mesh(np.asarray(devices).reshape(mesh_sizes(data, fsdp, tensor, len(devices))),
+              MESH_AXES)
 
 
 def _mesh_axes_for(name: str | None, rules) -> tuple[str, ...]:
@@ -163,16 +167,3 @@ def check_divides(mesh: Mesh, *, batch: int | None = None, num_heads: int | None
   if num_heads is not None and num_heads % mesh.shape["tensor"]:
     raise ValueError(
         f"num_heads={num_heads} is not divisible by the tensor axis ({mesh.shape['tensor']}){ctx}")
-
-
-def describe(tree: Any) -> dict[str, str]:
-  """Path -> sharding spec string, for logs and tests."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    key = "/".join(str(getattr(p, "key", p)) for p in path)
-    out[key] = str(getattr(leaf, "sharding", None))
-  return out
-
-
-def num_devices(mesh: Mesh) -> int:
-  return math.prod(mesh.shape.values())

@@ -25,18 +25,19 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from genrm_jax import checkpoint
+from genrm_jax import cli
 from genrm_jax import config as config_lib
 from genrm_jax import distributed
+from genrm_jax import files
 from genrm_jax import model as model_lib
 from genrm_jax import objectives
 from genrm_jax import optim
 from genrm_jax import sharding
 from genrm_jax import step as step_lib
 from genrm_jax import synthetic
+from genrm_jax import vocab as vocab_lib
 from genrm_jax.train_log import Reporter
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "gin_configs")
 # Fields of ModelConfig that may change between a checkpoint and its resumption: numerics and
 # memory only, never a parameter shape or layout.
 _RESUMABLE_FIELDS = ("dtype", "remat_policy", "max_seq_len")
@@ -203,7 +204,7 @@ def batches(exp: Experiment, mesh, start_batch: int, vocab_path: str | None
 
 def _manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(checkpoint.abspath(workdir), "checkpoints"),
+      os.path.join(files.abspath(workdir), "checkpoints"),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
@@ -237,17 +238,8 @@ def _restore(mngr: ocp.CheckpointManager, step: int, exp: Experiment, mesh
 
 
 def make_mesh(train: TrainConfig):
-  """The (data, fsdp, tensor) mesh; one axis may be -1 for the devices left over."""
-  sizes = [train.mesh_data, train.mesh_fsdp, train.mesh_tensor]
-  if sizes.count(-1) > 1:
-    raise ValueError(f"TrainConfig mesh (data, fsdp, tensor) = {tuple(sizes)}: at most one -1")
-  if -1 in sizes:
-    rest = -int(np.prod(sizes))
-    if jax.device_count() % rest:
-      raise ValueError(f"TrainConfig mesh {tuple(sizes)} does not divide {jax.device_count()} "
-                       "devices")
-    sizes[sizes.index(-1)] = jax.device_count() // rest
-  return sharding.make_mesh(*sizes)
+  """The (data, fsdp, tensor) mesh of ``train``; one axis may be -1 for the devices left over."""
+  return cli.mesh((train.mesh_data, train.mesh_fsdp, train.mesh_tensor))
 
 
 def _peak_flops(train: TrainConfig) -> float | None:
@@ -279,8 +271,7 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
     del params
   if vocab_path and exp.data.name != "synthetic":
     # Ids past the embedding would turn into NaN losses deep inside the step; say so up front.
-    from genrm_jax import import_hf  # pylint: disable=g-import-not-at-top
-    import_hf.check_vocab(cfg, vocab_path, allow_padding=True)
+    vocab_lib.check_fits(cfg.vocab_size, vocab_path, "model_config", max_padding=None)
   start = int(state.step)
   train_step = step_lib.make_train_step(cfg, exp.objective, exp.optim, mesh, tc.grad_accum)
 
@@ -341,27 +332,6 @@ def write_model_dir(exp: Experiment, state: step_lib.TrainState, out: str,
 # ----------------------------------------------------------------------------- CLI
 
 
-def parse_gin(gin_files: list[str], bindings: list[str]) -> None:
-  """Parses gin files (found as given or in gin_configs/) and bindings."""
-  gin.add_config_file_search_path(GIN_DIR)
-  files = []
-  for f in gin_files:
-    if not os.path.exists(f) and os.path.exists(os.path.join(GIN_DIR, f)):
-      f = os.path.join(GIN_DIR, f)
-    files.append(f)
-  gin.parse_config_files_and_bindings(files, bindings)
-
-
-def _write_atomic(path: str, text: str) -> None:
-  if checkpoint.is_remote(path):  # object writes are atomic already
-    epath.Path(path).write_text(text)
-    return
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(prog="python -m genrm_jax.train", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -370,24 +340,24 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--workdir", required=True)
   distributed.add_flags(ap)
   args = ap.parse_args(argv)
-  distributed.initialize_from_flags(args)
-  parse_gin(args.gin_file, args.gin_bindings)
-  exp = experiment_from_gin()
-  if distributed.is_main():
-    epath.Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    _write_atomic(os.path.join(args.workdir, "config.gin"), gin.operative_config_str())
-  try:
-    result = run(exp, args.workdir)
-  except TrainingDivergedError as e:
-    print(f"error: training diverged: {e}", file=sys.stderr, flush=True)
-    return 1
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
-  if result.model_dir:
-    print(f"model directory: {result.model_dir}", flush=True)
-  return 0
 
+  def run_command() -> int:
+    distributed.initialize_from_flags(args)
+    cli.parse_gin(args.gin_file, args.gin_bindings)
+    exp = experiment_from_gin()
+    if distributed.is_main():
+      epath.Path(args.workdir).mkdir(parents=True, exist_ok=True)
+      files.write_atomic(os.path.join(args.workdir, "config.gin"), gin.operative_config_str())
+    try:
+      result = run(exp, args.workdir)
+    except TrainingDivergedError as e:
+      print(f"error: training diverged: {e}", file=sys.stderr, flush=True)
+      return 1
+    if result.model_dir:
+      print(f"model directory: {result.model_dir}", flush=True)
+    return 0
+
+  return cli.main(run_command)
 
 if __name__ == "__main__":
   sys.exit(main())

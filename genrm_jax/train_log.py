@@ -81,7 +81,8 @@ class Reporter:
   def _write_tb(self, step: int, m: dict[str, Any]) -> None:
     if self._tb_dir is None:
       return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from genrm_jax import startup  # pylint: disable=g-import-not-at-top
+    tf = startup.import_tensorflow()
     from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
     if self._tb is None:
       self._tb = tf.summary.create_file_writer(self._tb_dir)

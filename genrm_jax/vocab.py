@@ -72,6 +72,8 @@ class Vocab:
   def seqio(self):
     """The same model as a ``seqio.SentencePieceVocabulary`` (imports TensorFlow)."""
     if self._seqio is None:
+      from genrm_jax import startup  # pylint: disable=g-import-not-at-top
+      startup.import_tensorflow()
       import seqio  # pylint: disable=g-import-not-at-top
       self._seqio = seqio.SentencePieceVocabulary(self.path)
     return self._seqio
@@ -82,6 +84,28 @@ class Vocab:
 
 def load_vocab(path: str) -> Vocab:
   return Vocab(path)
+
+
+# Gemma 1 pads its 256,000-piece vocabulary to 256,128 embedding rows, a multimodal Gemma 3 its
+# 262,144 to 262,208: more slack than this means a mismatched tokenizer.
+MAX_PADDING = 128
+
+
+def check_fits(rows: int, vocab: Vocab | str, where: str, max_padding: int | None = 0) -> int:
+  """Fails unless the vocabulary fits an embedding of ``rows`` (``where``'s ``vocab_size``):
+  exactly (``max_padding`` 0), or with at most ``max_padding`` rows to spare (None: any number).
+  Returns the number of pieces. Ids past the embedding would turn into NaN losses or garbage
+  scores deep inside a jitted step, so every path that pairs a tokenizer with weights asks here."""
+  if isinstance(vocab, str):
+    vocab = load_vocab(vocab)
+  pieces = vocab.vocab_size
+  spare = rows - pieces
+  if spare < 0 or (max_padding is not None and spare > max_padding):
+    need = (f"exactly {pieces}" if max_padding == 0 else f"at least {pieces}"
+            if max_padding is None else f"{pieces} to {pieces + max_padding}")
+    raise ValueError(f"{where}: field 'vocab_size'={rows} does not match its tokenizer "
+                     f"{vocab.path} ({pieces} pieces: the embedding needs {need} rows)")
+  return pieces
 
 
 def verdict_token_ids(vocab: Vocab | str) -> tuple[int, int]:
@@ -132,12 +156,8 @@ def train_vocab(texts: Iterable[str], out_path: str, model_type: str = "char", v
       add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
       character_coverage=1.0, byte_fallback=byte_fallback, split_by_whitespace=not char,
       max_sentence_length=1 << 20, minloglevel=2)
-  out_path = os.path.abspath(out_path)
-  os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  tmp = f"{out_path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(buf.getvalue())
-  os.replace(tmp, out_path)
+  from genrm_jax import files  # pylint: disable=g-import-not-at-top  (files imports JAX)
+  files.write_atomic(out_path, buf.getvalue())
   return load_vocab(out_path)
 
 

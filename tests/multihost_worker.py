@@ -27,8 +27,8 @@ def main() -> int:
   args = ap.parse_args()
   distributed.initialize_from_flags(args)
   import jax  # pylint: disable=g-import-not-at-top
-  from genrm_jax import train  # pylint: disable=g-import-not-at-top
-  train.parse_gin([], args.gin_bindings)
+  from genrm_jax import cli, train  # pylint: disable=g-import-not-at-top
+  cli.parse_gin([], args.gin_bindings)
   exp = train.experiment_from_gin()
   for n in (int(x) for x in args.steps.split(",")):
     # Each later run resumes from the previous one's final checkpoint in the same workdir.

@@ -19,6 +19,8 @@ from genrm_jax import candidates as cands
 from genrm_jax import eval as eval_cli
 from genrm_jax import evaluation as ev
 from genrm_jax import generate
+from genrm_jax import policy_samples
+from genrm_jax import task_rules
 from genrm_jax import vocab as vocab_lib
 
 HEADER = "Q: "
@@ -100,7 +102,7 @@ def test_model_free_rows_match_independent_computation(released):
 def test_released_candidates_have_gold_answers_that_agree(released):
   path, _, _ = released
   pools = cands.read_candidates(path, require_gold=True)
-  task = generate.get_task("gsm8k")
+  task = task_rules.get_task("gsm8k")
   labels = [(c["correct"], task.check(c["extracted_answer"], p.gold_answer))
             for p in pools for c in p.candidates]
   # The released labels came from the authors' checker; ours disagrees on a handful at most.
@@ -211,7 +213,7 @@ def test_verifier_vocabulary_mismatch_is_an_error(tmp_path, capsys):
   src = tmp_path / "c.jsonl"
   src.write_text(json.dumps(_rec(1, 1)) + "\n")
   cases = [(_model_dir(tmp_path, "small", good.path, good.vocab_size - 5),
-            "model vocab_size .* does not match its tokenizer"),
+            "'vocab_size'=.* does not match its tokenizer"),
            (_model_dir(tmp_path, "noverdict", plain.path, plain.vocab_size),
             r"' Yes' is not a single token")]
   for i, (model_dir, match) in enumerate(cases):
@@ -267,17 +269,17 @@ def test_gsm8k_problems_and_answer_checks(tmp_path):
   src = tmp_path / "g.jsonl"
   src.write_text(json.dumps({"question": "How many?", "answer": "2 + 2 = <<2+2=4>>4\n#### 1,000"})
                  + "\n")
-  probs = generate.load_problems(generate.GenerateConfig(task="gsm8k", data_file=str(src)))
+  probs = policy_samples.load_problems(policy_samples.GenerateConfig(task="gsm8k", data_file=str(src)))
   assert probs == [{"question_id": "test-0", "question": "How many?", "gold_answer": "1000"}]
-  task = generate.get_task("gsm8k")
+  task = task_rules.get_task("gsm8k")
   assert task.extract("So 1,000 in all. The answer is $1,000.") == "1000"
   assert task.check("1000.0", "1,000") and not task.check("999", "1000")
   assert not task.check(None, "1000")
-  words = generate.get_task("word_sorting")
+  words = task_rules.get_task("word_sorting")
   assert words.extract("1 a\nThe answer is  apple  fig.") == "apple fig"
   assert words.check("apple fig", "apple  fig")
   with pytest.raises(ValueError, match="--data_file"):
-    generate.load_problems(generate.GenerateConfig(task="gsm8k"))
+    policy_samples.load_problems(policy_samples.GenerateConfig(task="gsm8k"))
 
 
 def test_eval_with_tiny_random_verifiers(tmp_path):
@@ -288,7 +290,7 @@ def test_eval_with_tiny_random_verifiers(tmp_path):
   recs = algorithmic.candidates("last_letters", "test", problems_per_length=3,
                                 samples_per_problem=4, seed=1)
   for r in recs:
-    r["extracted_answer"] = generate.get_task("last_letters").extract(r["solution"])
+    r["extracted_answer"] = task_rules.get_task("last_letters").extract(r["solution"])
     del r["rationale"]
   src = str(tmp_path / "c.jsonl")
   pools = cands.write_candidates(src, recs, require_gold=True)
@@ -326,7 +328,7 @@ def test_eval_with_tiny_random_verifiers(tmp_path):
   import matplotlib.image  # pylint: disable=g-import-not-at-top
   assert matplotlib.image.imread(str(out / "best_of_n.png")).ndim == 3
   # Each saved score belongs to its own candidate: recompute a pool's direct scores here.
-  cfg, params, _, v = generate.load_model(verifier)
+  cfg, params, _, v = checkpoint.load_model_and_vocab(verifier)
   pool = pools[1]
   opts = scoring.ScoringConfig(instruction=algorithmic.INSTRUCTIONS["last_letters"])
   want = scoring.score("genrm", cfg, params, v, [c["question"] for c in pool.candidates],

@@ -15,7 +15,7 @@ import sys
 import gin
 import pytest
 
-from genrm_jax import algorithmic, generate
+from genrm_jax import algorithmic, task_rules
 from genrm_jax import candidates as cands
 from genrm_jax import eval as eval_cli
 from genrm_jax import vocab as vocab_lib
@@ -41,7 +41,7 @@ def test_two_processes_write_what_one_writes(tmp_path):
       tmp_path, "verifier", vocab.path, vocab.vocab_size)
   recs = algorithmic.candidates("last_letters", "test", problems_per_length=5,
                                 samples_per_problem=4, seed=2)
-  task = generate.get_task("last_letters")
+  task = task_rules.get_task("last_letters")
   for r in recs:
     r["extracted_answer"] = task.extract(r["solution"])
     del r["rationale"]

@@ -31,7 +31,7 @@ import pytest
 from genrm_jax import algorithmic, checkpoint, config, formats, model, objectives
 from genrm_jax import candidates as cands
 from genrm_jax import eval as eval_cli
-from genrm_jax import generate
+from genrm_jax import task_rules
 from genrm_jax import vocab as vocab_lib
 
 pytestmark = pytest.mark.xdist_group("serve")
@@ -126,7 +126,7 @@ def setup(tmp_path_factory):
     recs = algorithmic.candidates("last_letters", "test", problems_per_length=3,
                                   samples_per_problem=4, seed=1)
     for r in recs:
-      r["extracted_answer"] = generate.get_task("last_letters").extract(r["solution"])
+      r["extracted_answer"] = task_rules.get_task("last_letters").extract(r["solution"])
       del r["rationale"]
     pools = cands.write_candidates(str(tmp / "c.jsonl"), recs, require_gold=True)
     flat = [c for p in pools for c in p.candidates]
@@ -304,7 +304,7 @@ def test_non_loopback_bind_refuses_to_start_without_a_token(tmp_path):
                         "--method", "genrm", "--host", "0.0.0.0"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
-  assert out.returncode == 1
+  assert out.returncode == 2
   assert "--host 0.0.0.0 is not a loopback address: refusing to serve it without --token_file" \
       in out.stderr
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from genrm_jax import checkpoint, config, objectives, optim, sharding, train
+from genrm_jax import checkpoint, cli, config, objectives, optim, sharding, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MICRO = dict(vocab_size=32, num_layers=2, embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16)
@@ -154,7 +154,7 @@ def test_mesh_that_does_not_divide_fails_before_compiling(tmp_path):
 def test_gin_file_parses(name):
   gin.clear_config()
   try:
-    train.parse_gin([name], [])
+    cli.parse_gin([name], [])
     exp = train.experiment_from_gin()
     assert isinstance(exp.model, config.ModelConfig)
     assert "TrainConfig" in gin.config_str() or "model_config" in gin.config_str() or (
@@ -166,8 +166,8 @@ def test_gin_file_parses(name):
 def test_gin_files_compose_to_the_paper_recipe():
   gin.clear_config()
   try:
-    train.parse_gin(["gemma2_9b.gin", "gsm8k_genrm_cot.gin", "paper.gin"],
-                    ["INIT_FROM = 'hf:/ckpt/gemma-2-9b'"])
+    cli.parse_gin(["gemma2_9b.gin", "gsm8k_genrm_cot.gin", "paper.gin"],
+                  ["INIT_FROM = 'hf:/ckpt/gemma-2-9b'"])
     exp = train.experiment_from_gin()
   finally:
     gin.clear_config()

@@ -1,0 +1,48 @@
+"""How each task phrases its prompts and judges final answers: GSM8K and the algorithmic tasks.
+
+Sampling (``candidates.sample``), scoring (``eval``, ``serve``) and the checks of a candidates file
+agree on an answer only through these rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from genrm_jax import algorithmic
+from genrm_jax import answers
+from genrm_jax import formats
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """How a task phrases prompts and judges final answers."""
+  instruction: str
+  normalize: Callable[[str], str]  # a final answer's canonical text (votes compare these)
+  extract_raw: Callable[[str], str | None]  # solution -> final answer text
+
+  def extract(self, solution: str) -> str | None:
+    got = self.extract_raw(solution)
+    return None if got is None else self.normalize(got)
+
+  def check(self, got: str | None, gold: str) -> bool:
+    """Whether an extracted answer equals the gold answer (both normalized)."""
+    return got is not None and self.normalize(got) == self.normalize(gold)
+
+
+def _number_text(answer: str) -> str:
+  value = answers.parse_number(answer)
+  return answer.strip() if value is None else answers.format_number(value)
+
+
+TASKS = {
+    "gsm8k": Task(formats.GSM8K_INSTRUCTION, _number_text, answers.extract_answer),
+    **{name: Task(algorithmic.INSTRUCTIONS[name], lambda a: " ".join(a.split()),
+                  algorithmic.extract_answer) for name in algorithmic.TASKS},
+}
+
+
+def get_task(name: str) -> Task:
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+  return TASKS[name]
