@@ -35,14 +35,14 @@ def main() -> None:
   import seqio  # pylint: disable=g-import-not-at-top
   import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from genrm_jax import data  # pylint: disable=g-import-not-at-top
-  from genrm_jax import gsm8k  # pylint: disable=g-import-not-at-top
+  from genrm_jax import gsm8k_release  # pylint: disable=g-import-not-at-top
   from genrm_jax import records  # pylint: disable=g-import-not-at-top
   from genrm_jax import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   from tasks import gsm8k as gsm8k_tasks  # pylint: disable=g-import-not-at-top
 
   gsm8k_tasks.register_gsm8k(data_dir=os.path.abspath(args.data_dir))
   t0 = time.perf_counter()
-  cands = gsm8k.read_rm(os.path.join(os.path.abspath(args.data_dir), "genrm-critiques"))
+  cands = gsm8k_release.read_rm(os.path.join(os.path.abspath(args.data_dir), "genrm-critiques"))
   print(f"read {len(cands)} released rm records in {time.perf_counter() - t0:.1f} s")
   if args.vocab:
     vocab = vocab_lib.load_vocab(args.vocab)

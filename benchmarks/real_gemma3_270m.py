@@ -44,9 +44,9 @@ def _load(args):
 
 
 def stage_score(args) -> None:
-  from genrm_jax import gsm8k, scoring  # pylint: disable=g-import-not-at-top
+  from genrm_jax import gsm8k_release, scoring  # pylint: disable=g-import-not-at-top
   cfg, params, vocab = _load(args)
-  cands = gsm8k.read_rm(os.path.join(DATA, "genrm-critiques"))
+  cands = gsm8k_release.read_rm(os.path.join(DATA, "genrm-critiques"))
   picked = [c for c in cands if c["correct"]][:args.candidates // 2]
   picked += [c for c in cands if not c["correct"]][:args.candidates - len(picked)]
   t = time.perf_counter()
@@ -58,9 +58,9 @@ def stage_score(args) -> None:
 
 
 def stage_sample(args) -> None:
-  from genrm_jax import formats, gsm8k, sampler  # pylint: disable=g-import-not-at-top
+  from genrm_jax import formats, gsm8k_release, sampler  # pylint: disable=g-import-not-at-top
   cfg, params, vocab = _load(args)
-  question = gsm8k.load_gsm8k(os.path.join(DATA, "gsm8k", "test.jsonl"))[0]["question"]
+  question = gsm8k_release.load_gsm8k(os.path.join(DATA, "gsm8k", "test.jsonl"))[0]["question"]
   t = time.perf_counter()
   (c,), = sampler.sample(cfg, params, vocab, [formats.question_prompt(question)],
                          sampler.SamplerConfig(max_new_tokens=32, temperature=0.0))

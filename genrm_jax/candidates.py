@@ -155,22 +155,23 @@ def from_released(rm_dir: str, num_questions: int, seed: int, gsm8k_train: str |
                   ) -> list[dict[str, Any]]:
   """Candidates of ``num_questions`` held-out questions drawn with ``seed``, sorted by id.
 
-  Held out means ``gsm8k.is_heldout(question, heldout_fraction)``: the questions the GSM8K training
-  tasks leave out with the same fraction. Gold answers come from GSM8K's train.jsonl (joined on the
+  Held out means ``gsm8k_release.is_heldout(question, heldout_fraction)``: the questions the GSM8K
+  training tasks leave out with the same fraction. Gold answers come from GSM8K's train.jsonl (joined on the
   question text) when given. With ``max_pool_size``, larger pools are cut to a seeded random subset.
   """
-  from genrm_jax import answers, gsm8k  # pylint: disable=g-import-not-at-top
+  from genrm_jax import answers, gsm8k_release  # pylint: disable=g-import-not-at-top
   rm_dir = os.path.abspath(rm_dir)
   if os.path.basename(rm_dir) != "rm" or not os.path.isdir(rm_dir):
     raise FileNotFoundError(f"--rm_dir {rm_dir}: expected the released genrm-critiques/rm folder")
   pools: dict[Any, list[dict[str, Any]]] = collections.defaultdict(list)
-  for c in gsm8k.read_rm(os.path.dirname(rm_dir)):
+  for c in gsm8k_release.read_rm(os.path.dirname(rm_dir)):
     pools[c["question_id"]].append(c)
   gold = {}
   if gsm8k_train:
-    gold = {gsm8k.question_key(p["question"]): p["gold"] for p in gsm8k.load_gsm8k(gsm8k_train)}
+    gold = {gsm8k_release.question_key(p["question"]): p["gold"]
+            for p in gsm8k_release.load_gsm8k(gsm8k_train)}
   heldout = sorted(q for q, pool in pools.items()
-                   if gsm8k.is_heldout(pool[0]["question"], heldout_fraction))
+                   if gsm8k_release.is_heldout(pool[0]["question"], heldout_fraction))
   if num_questions > len(heldout):
     raise ValueError(f"asked for {num_questions} questions; {rm_dir} has {len(heldout)} held out "
                      f"at heldout_fraction={heldout_fraction}")
@@ -185,8 +186,8 @@ def from_released(rm_dir: str, num_questions: int, seed: int, gsm8k_train: str |
              "extracted_answer": answers.extract_answer(c["solution"]), "correct": c["correct"],
              "candidate_id": c["model_output_id"],
              "source": os.path.basename(c["where"])}
-      if gsm8k.question_key(c["question"]) in gold:
-        rec["gold_answer"] = gold[gsm8k.question_key(c["question"])]
+      if gsm8k_release.question_key(c["question"]) in gold:
+        rec["gold_answer"] = gold[gsm8k_release.question_key(c["question"])]
       out.append(rec)
   return out
 

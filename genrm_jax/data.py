@@ -1,8 +1,9 @@
 """seqio tasks built from in-memory records, and the numpy batches the trainer consumes.
 
-Records (lists of dicts of strings) are read by ``genrm_jax.gsm8k`` / ``genrm_jax.algorithmic`` and
-handed to seqio as in-memory tensors: a shuffled index dataset gathering from constants (like
-``from_tensor_slices``; a ``from_generator`` source hung on this machine). Three record kinds:
+Records (lists of dicts of strings) are read by ``genrm_jax.gsm8k_release`` /
+``genrm_jax.word_puzzles`` and handed to seqio as in-memory tensors: a shuffled index dataset
+gathering from constants (like ``from_tensor_slices``; a ``from_generator`` source hung on this
+machine). Three record kinds:
 
 - ``lm``:   {"inputs", "targets"}; in a ``verdict`` task the targets end in " Yes" / " No".
 - ``disc``: {"inputs", "label"} -> batch "labels" (1.0 = correct solution); one example a row, never packed.

@@ -24,7 +24,7 @@ Writes, atomically, to DIR:
   sizes, what was run and what is missing), best_of_n.png, accuracy_vs_tokens.png and
   reliability.png;
 and prints the tables. Accuracies at N are exact expectations over random N-subsets of each pool (see
-``genrm_jax.evaluation``; a problem with fewer than N candidates uses its whole pool).
+``genrm_jax.best_of_n``; a problem with fewer than N candidates uses its whole pool).
 
 With several JAX processes (``--distributed``, see ``genrm_jax.distributed``), process p scores
 only the problems ``pools[p::num_processes]``, each verifier replicated on its own host's devices
@@ -49,13 +49,13 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from genrm_jax import algorithmic
+from genrm_jax import word_puzzles
 from genrm_jax import candidates as cands
 from genrm_jax import checkpoint
 from genrm_jax import cli
 from genrm_jax import diagnostics as diag
 from genrm_jax import distributed
-from genrm_jax import evaluation as ev
+from genrm_jax import best_of_n as ev
 from genrm_jax import files
 from genrm_jax import plots
 from genrm_jax import policy_samples
@@ -229,26 +229,26 @@ def read_scores(path: str, pools: Sequence[cands.Pool]) -> dict[str, Scored]:
 
 
 def probe_pools(pools: Sequence[cands.Pool], task_name: str, seed: int) -> list[cands.Pool]:
-  """Per problem: its reference solution, then the ``algorithmic.counterfactuals`` edits of it (and
+  """Per problem: its reference solution, then the ``word_puzzles.counterfactuals`` edits of it (and
   of one of its wrong candidates), as a pool whose candidate ids are the probe names."""
   out = []
   for p in pools:
-    problem = algorithmic.problem_from_question(task_name, p.question)
+    problem = word_puzzles.problem_from_question(task_name, p.question)
     rng = random.Random(f"probes/{seed}/{p.question_id}")
     wrong = [c["solution"] for c in p.candidates if not c["correct"]]
-    edits = algorithmic.counterfactuals(problem, rng, rng.choice(wrong) if wrong else None)
+    edits = word_puzzles.counterfactuals(problem, rng, rng.choice(wrong) if wrong else None)
     sols = [("reference", problem.solution)] + list(edits.items())
     out.append(cands.Pool(f"probe/{p.question_id}", p.question, problem.answer, tuple(
         {"question_id": f"probe/{p.question_id}", "question": p.question, "solution": s,
          "candidate_id": name, "correct": name == "reference",
-         "extracted_answer": algorithmic.extract_answer(s)} for name, s in sols)))
+         "extracted_answer": word_puzzles.extract_answer(s)} for name, s in sols)))
   return out
 
 
 def probe_rates(probes: Sequence[cands.Pool], scores: Sequence[np.ndarray]) -> dict[str, dict]:
   """{probe: {"rate", "problems"}}: how often the edited wrong solution outscores the reference."""
   out = {}
-  for name in algorithmic.PROBES:
+  for name in word_puzzles.PROBES:
     ref, edited = [], []
     for pool, s in zip(probes, scores):
       ids = [c["candidate_id"] for c in pool.candidates]
@@ -356,14 +356,14 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 def format_diagnostics(diagnostics: dict[str, dict]) -> str:
   """One line a verifier; a probe rate above ``diag.PROBE_ALARM`` is marked with '!'."""
   width = max([len(n) for n in diagnostics] + [8]) + 2
-  head = ["AUC in pool", "AUC pooled", "Brier", "ECE", *algorithmic.PROBES]
+  head = ["AUC in pool", "AUC pooled", "Brier", "ECE", *word_puzzles.PROBES]
   lines = ["verifier".ljust(width) + "".join(h.rjust(max(len(h), 8) + 2) for h in head)]
   for name, d in diagnostics.items():
     cells = [d["within_pool_auc"], d["pooled_auc"], d.get("brier"), d.get("ece")]
-    cells += [d.get("probes", {}).get(p, {}).get("rate") for p in algorithmic.PROBES]
+    cells += [d.get("probes", {}).get(p, {}).get("rate") for p in word_puzzles.PROBES]
     row = []
     for h, v in zip(head, cells):
-      mark = "!" if h in algorithmic.PROBES and v is not None and v > diag.PROBE_ALARM else " "
+      mark = "!" if h in word_puzzles.PROBES and v is not None and v > diag.PROBE_ALARM else " "
       row.append(("-" if v is None or (isinstance(v, float) and math.isnan(v))
                   else f"{v:.3f}{mark}").rjust(max(len(h), 8) + 2))
     lines.append(name.ljust(width) + "".join(row))
@@ -462,14 +462,14 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateCo
   with files.atomic_dir(ec.out, overwrite=ec.overwrite) as tmp:
     cand_file = ec.candidates
     if ec.policy:
-      gc = dataclasses.replace(gc or policy_samples.GenerateConfig(), checkpoint=ec.policy, task=ec.task,
-                               seed=ec.seed, mesh=ec.mesh)
+      gc = dataclasses.replace(gc or policy_samples.GenerateConfig(), checkpoint=ec.policy,
+                               task=ec.task, seed=ec.seed, mesh=ec.mesh)
       cand_file = os.path.join(tmp, "candidates.jsonl")
       cands.write_candidates(cand_file, policy_samples.generate(gc, sc), require_gold=True)
     pools = cands.read_candidates(cand_file, require_gold=ec.require_gold, checker=task.check)
     scores = read_scores(ec.scores_file, pools) if ec.scores_file else {}
     probes = (probe_pools(pools, ec.task, ec.seed)
-              if ec.probes and ec.task in algorithmic.TASKS and specs else [])
+              if ec.probes and ec.task in word_puzzles.TASKS and specs else [])
     probe_scores = {}
     for spec in specs:
       both = score_shared(spec, [*pools, *probes], ec, task)

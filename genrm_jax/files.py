@@ -16,10 +16,7 @@ import shutil
 import tempfile
 from typing import Any, Iterable, Iterator
 
-import jax
 from etils import epath
-
-from genrm_jax import distributed
 
 
 def is_remote(path: str) -> bool:
@@ -40,6 +37,9 @@ def atomic_dir(out: str, overwrite: bool = False) -> Iterator[str]:
   rename a directory, so there the directory is written in place and its marker file (a model
   directory's ``genrm_model.json``), written last, marks it complete.
   """
+  # Imported here: this module's file writers serve light modules that must not load JAX.
+  import jax  # pylint: disable=g-import-not-at-top
+  from genrm_jax import distributed  # pylint: disable=g-import-not-at-top
   if is_remote(out):
     target = epath.Path(out)
     if target.exists() and any(target.iterdir()) and not overwrite:

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 import gin
 
-from genrm_jax import algorithmic
+from genrm_jax import word_puzzles
 from genrm_jax import candidates as cands
 from genrm_jax import cli
 from genrm_jax import formats
@@ -67,7 +67,7 @@ VERIFIERS = (
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   """The experiment; the defaults are the embedded default run (about 15 minutes on 2 cores)."""
-  task: str = algorithmic.LAST_LETTERS
+  task: str = word_puzzles.LAST_LETTERS
   out: str = "runs/genrm_demo"
   seed: int = 0
   # Gin files of the stages (relative to gin_configs/), composed model + task + run size.
@@ -97,9 +97,9 @@ class PipelineConfig:
   train_samples: int = 16
   max_per_class: int = 16
   balance: bool = True  # False keeps the plain cap (the quick run's policy solves nothing)
-  rationale_style: str = "check"  # algorithmic.RATIONALE_STYLES
+  rationale_style: str = "check"  # word_puzzles.RATIONALE_STYLES
   # Even each problem's wrong samples up to its right ones with one-edit wrong versions of the
-  # reference solution (algorithmic.HARD_NEGATIVES), so that every problem gives balanced pairs.
+  # reference solution (word_puzzles.HARD_NEGATIVES), so that every problem gives balanced pairs.
   hard_negatives: bool = False
   # Fixed text of the format (formats.PHRASES) as single pieces of the task vocabulary.
   vocab_phrases: bool = True
@@ -190,9 +190,9 @@ class Runner:
     pool = flat
     if pc.hard_negatives:
       def make(c, rng):
-        problem = algorithmic.problem_from_question(pc.task, c["question"])
-        kind, sol = algorithmic.hard_negative(problem, rng)
-        return {**c, "solution": sol, "extracted_answer": algorithmic.extract_answer(sol),
+        problem = word_puzzles.problem_from_question(pc.task, c["question"])
+        kind, sol = word_puzzles.hard_negative(problem, rng)
+        return {**c, "solution": sol, "extracted_answer": word_puzzles.extract_answer(sol),
                 "correct": False, "source": f"edit:{kind}"}
       pool = records.fill_negatives(flat, make, pc.max_per_class, pc.seed)
     chosen = records.select_per_question(pool, pc.max_per_class, pc.balance, pc.seed)
@@ -201,7 +201,7 @@ class Runner:
                        "(train_samples) or more problems")
 
     def features(c):
-      return algorithmic.solution_features(pc.task, c["question"], c["solution"])
+      return word_puzzles.solution_features(pc.task, c["question"], c["solution"])
 
     card = {"sampled": records.data_card(flat, features),
             "selected": records.data_card(chosen, features),
@@ -220,7 +220,7 @@ class Runner:
     pc = self.pc
     vocab_path = self.path("vocab.model")
     self.stage("a. task vocabulary", vocab_path, lambda: vocab_lib.train_char_vocab(
-        algorithmic.texts_for_vocab(pc.task, seed=pc.seed), vocab_path,
+        word_puzzles.texts_for_vocab(pc.task, seed=pc.seed), vocab_path,
         phrases=formats.PHRASES if pc.vocab_phrases else ()) and 0)
     self.stage("b. train the policy (SFT on correct solutions)", self.path("policy", "model"),
                lambda: train.main(self.train_args(

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from genrm_jax import algorithmic
+from genrm_jax import word_puzzles
 from genrm_jax import checkpoint
 from genrm_jax import cli
 from genrm_jax import distributed
 from genrm_jax import formats
-from genrm_jax import gsm8k
+from genrm_jax import gsm8k_release
 from genrm_jax import progress
 from genrm_jax import sampler
 from genrm_jax import task_rules
@@ -49,13 +49,14 @@ def load_problems(gc: GenerateConfig) -> list[dict[str, Any]]:
     if not gc.data_file:
       raise ValueError("--task gsm8k needs --data_file (a GSM8K jsonl: question, answer)")
     problems = [{"question_id": f"{gc.split}-{i}", "question": p["question"],
-                 "gold_answer": p["gold"]} for i, p in enumerate(gsm8k.load_gsm8k(gc.data_file))]
+                 "gold_answer": p["gold"]}
+                for i, p in enumerate(gsm8k_release.load_gsm8k(gc.data_file))]
     return problems[:gc.num_problems] if gc.num_problems else problems
   task_rules.get_task(gc.task)
   if not gc.num_problems:
     raise ValueError(f"--task {gc.task} needs --num_problems (problems per length)")
   return [{"question_id": f"{gc.split}-{i}", "question": p.question, "gold_answer": p.answer}
-          for i, p in enumerate(algorithmic.split_problems(gc.task, gc.split, gc.num_problems,
+          for i, p in enumerate(word_puzzles.split_problems(gc.task, gc.split, gc.num_problems,
                                                            gc.problem_seed,
                                                            gc.test_length or None,
                                                            tuple(gc.lengths) or None))]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from genrm_jax import algorithmic
+from genrm_jax import word_puzzles
 from genrm_jax import answers
 from genrm_jax import formats
 
@@ -37,8 +37,8 @@ def _number_text(answer: str) -> str:
 
 TASKS = {
     "gsm8k": Task(formats.GSM8K_INSTRUCTION, _number_text, answers.extract_answer),
-    **{name: Task(algorithmic.INSTRUCTIONS[name], lambda a: " ".join(a.split()),
-                  algorithmic.extract_answer) for name in algorithmic.TASKS},
+    **{name: Task(word_puzzles.INSTRUCTIONS[name], lambda a: " ".join(a.split()),
+                  word_puzzles.extract_answer) for name in word_puzzles.TASKS},
 }
 
 

@@ -8,13 +8,14 @@ data. Sizes, lambda and data paths are gin-configurable (``register_gsm8k.lam = 
 those bindings, so call ``register_all()`` after parsing to apply them.
 """
 
+from genrm_jax import word_puzzles
 from tasks import algorithmic
 from tasks import gsm8k
 
 
 def register_all() -> None:
   """(Re-)registers every task and mixture with the current gin bindings."""
-  for task in algorithmic.algorithmic.TASKS:
+  for task in word_puzzles.TASKS:
     algorithmic.register_algorithmic(task)
     algorithmic.register_policy_sft(task)
   algorithmic.register_policy_candidates()

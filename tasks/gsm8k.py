@@ -5,7 +5,7 @@ Data directory (the layout of ../shared/data): ``DIR/gsm8k/{train,test}.jsonl`` 
 (gin) or $GENRM_DATA_DIR. Registering never reads it; using a task without it fails clearly.
 
 Splits (``train`` / ``validation``) are by question: the paper's 128 validation questions plus a
-hashed ``heldout_fraction`` of the rest are held out (``genrm_jax.gsm8k.is_heldout``).
+hashed ``heldout_fraction`` of the rest are held out (``genrm_jax.gsm8k_release.is_heldout``).
 - verify / discriminative / dpo_pairs: ``rm/*`` and ``critiques_val/rm_*`` candidates; in train,
   each question gives equally many correct and wrong ones (at most ``max_per_class`` each, the
   paper's 16) or none (``records.select_per_question``; ``balance=False`` keeps the plain cap).
@@ -23,7 +23,7 @@ import gin
 
 from genrm_jax import data
 from genrm_jax import formats
-from genrm_jax import gsm8k
+from genrm_jax import gsm8k_release
 from genrm_jax import records
 
 DATA_ENV = "GENRM_DATA_DIR"
@@ -48,16 +48,17 @@ def register_gsm8k(data_dir: str | None = None, lam: float = 0.25, heldout_fract
 
   @functools.lru_cache(maxsize=None)
   def val_questions() -> frozenset[str]:
-    return frozenset(gsm8k.question_key(c["question"])
-                     for c in gsm8k.read_val(_root(data_dir), cot=False, skip_bad=skip_bad))
+    return frozenset(gsm8k_release.question_key(c["question"])
+                     for c in gsm8k_release.read_val(_root(data_dir), cot=False, skip_bad=skip_bad))
 
   @functools.lru_cache(maxsize=None)
   def direct_all() -> tuple[dict, ...]:
     root = _root(data_dir)
-    return tuple(gsm8k.read_rm(root, skip_bad) + gsm8k.read_val(root, False, skip_bad))
+    return tuple(gsm8k_release.read_rm(root, skip_bad)
+                 + gsm8k_release.read_val(root, False, skip_bad))
 
   def split_of(split: str) -> list[dict]:
-    return gsm8k.split_by_question(direct_all(), split, heldout_fraction, val_questions())
+    return gsm8k_release.split_by_question(direct_all(), split, heldout_fraction, val_questions())
 
   def direct(split: str) -> list[dict]:
     cands = split_of(split)
@@ -72,12 +73,12 @@ def register_gsm8k(data_dir: str | None = None, lam: float = 0.25, heldout_fract
   @functools.lru_cache(maxsize=None)
   def cot_all() -> tuple[dict, ...]:
     root = _root(data_dir)
-    built, _ = gsm8k.build_cot(gsm8k._glob(os.path.join(root, "data_collection", "*.jsonl*")),
-                               skip_bad)
-    return tuple(built + gsm8k.read_val(root, True, skip_bad))
+    built, _ = gsm8k_release.build_cot(
+        gsm8k_release._glob(os.path.join(root, "data_collection", "*.jsonl*")), skip_bad)
+    return tuple(built + gsm8k_release.read_val(root, True, skip_bad))
 
   def cot(split: str) -> list[dict]:
-    return gsm8k.split_by_question(cot_all(), split, heldout_fraction, val_questions())
+    return gsm8k_release.split_by_question(cot_all(), split, heldout_fraction, val_questions())
 
   return data.register_genrm_tasks("gsm8k", direct, formats.GSM8K_INSTRUCTION, SPLITS, lam=lam,
                                    gold=gold, cot=cot, seed=seed)
@@ -102,11 +103,12 @@ def register_candidate_tasks(src: str, path: str, *, gsm8k_jsonl: str | None = N
   def cands_all() -> tuple[dict, ...]:
     gold = None
     if gsm8k_jsonl:
-      gold = {gsm8k.question_key(p["question"]): p["gold"] for p in gsm8k.load_gsm8k(gsm8k_jsonl)}
-    return tuple(gsm8k.read_candidates(path, gold, skip_bad))
+      gold = {gsm8k_release.question_key(p["question"]): p["gold"]
+              for p in gsm8k_release.load_gsm8k(gsm8k_jsonl)}
+    return tuple(gsm8k_release.read_candidates(path, gold, skip_bad))
 
   return data.register_genrm_tasks(
-      src, lambda split: gsm8k.split_by_question(cands_all(), split, heldout_fraction),
+      src, lambda split: gsm8k_release.split_by_question(cands_all(), split, heldout_fraction),
       instruction, ("all", "train", "validation"), lam=lam, seed=seed)
 
 

@@ -1,4 +1,4 @@
-"""genrm_jax.algorithmic: generation, splits, the synthetic solver and programmatic rationales."""
+"""genrm_jax.word_puzzles: generation, splits, the synthetic solver and programmatic rationales."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from genrm_jax import algorithmic as alg
+from genrm_jax import word_puzzles as alg
 from genrm_jax import formats
 
 

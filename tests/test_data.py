@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tasks  # noqa: F401  (registers every task)
-from genrm_jax import algorithmic
+from genrm_jax import word_puzzles
 from genrm_jax import candidates as candidates_lib
 from genrm_jax import data
 from genrm_jax import formats
@@ -23,9 +23,9 @@ SMALL = dict(problems_per_length=12, samples_per_problem=3, seed=0)
 
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory):
-  texts = [t for task in algorithmic.TASKS for t in algorithmic.texts_for_vocab(task, count=10)]
+  texts = [t for task in word_puzzles.TASKS for t in word_puzzles.texts_for_vocab(task, count=10)]
   v = vocab_lib.train_char_vocab(texts, str(tmp_path_factory.mktemp("vocab") / "char.model"))
-  for task in algorithmic.TASKS:
+  for task in word_puzzles.TASKS:
     alg_tasks.register_algorithmic(task, **SMALL)
   return v
 
@@ -42,7 +42,7 @@ def _segments(row):
           for s in np.unique(sids[sids > 0])]
 
 
-@pytest.mark.parametrize("task", algorithmic.TASKS)
+@pytest.mark.parametrize("task", word_puzzles.TASKS)
 def test_every_task_and_mixture_yields_batches(vocab, task):
   for suffix, kind in SUFFIXES.items():
     b = _batch(f"{task}_{suffix}", vocab, seq_len=400)
@@ -59,8 +59,8 @@ def test_every_task_and_mixture_yields_batches(vocab, task):
 
 
 def test_loss_mask_covers_exactly_the_targets(vocab):
-  cands = algorithmic.candidates("last_letters", "train", **SMALL)
-  want = {(r["inputs"], r["targets"]) for r in records.verify(cands, algorithmic.INSTRUCTIONS[
+  cands = word_puzzles.candidates("last_letters", "train", **SMALL)
+  want = {(r["inputs"], r["targets"]) for r in records.verify(cands, word_puzzles.INSTRUCTIONS[
       "last_letters"])}
   yes, no = vocab_lib.verdict_token_ids(vocab)
   b = _batch("last_letters_verify", vocab, batch_size=8)
@@ -127,7 +127,7 @@ def test_lambda_is_settable_through_gin(vocab):
     assert abs(frac - 0.5) < 0.07
   finally:
     gin.clear_config()
-    for task in algorithmic.TASKS:
+    for task in word_puzzles.TASKS:
       alg_tasks.register_algorithmic(task, **SMALL)
 
 
@@ -163,7 +163,7 @@ def test_shards_are_disjoint_and_cover_the_split(vocab):
   whole, _ = _all_examples(vocab)
   s0, _ = _all_examples(vocab, shard_id=0, num_shards=2)
   s1, _ = _all_examples(vocab, shard_id=1, num_shards=2)
-  n = len(algorithmic.candidates("last_letters", "validation", **SMALL))
+  n = len(word_puzzles.candidates("last_letters", "validation", **SMALL))
   assert len(whole) == n == len(s0) + len(s1)
   assert sorted(whole) == sorted(s0 + s1)
   with pytest.raises(ValueError, match="divisible"):
@@ -208,11 +208,11 @@ def test_bad_records_fail_clearly(vocab):
 
 def test_policy_candidates_are_balanced_per_question(vocab, tmp_path):
   # Solved at random: each question gets a different mix of right and wrong samples.
-  cands = algorithmic.candidates("last_letters", "train", problems_per_length=6,
+  cands = word_puzzles.candidates("last_letters", "train", problems_per_length=6,
                                  samples_per_problem=6, error_rate=0.5, seed=3)
   path = str(tmp_path / "cands.jsonl")
   candidates_lib.write_candidates(path, [
-      {**c, "extracted_answer": algorithmic.extract_answer(c["solution"])} for c in cands])
+      {**c, "extracted_answer": word_puzzles.extract_answer(c["solution"])} for c in cands])
   want = collections.Counter()
   for c in cands:
     want[(c["question"], c["correct"])] += 1

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from genrm_jax import algorithmic as alg
+from genrm_jax import word_puzzles as alg
 from genrm_jax import diagnostics as diag
 
 

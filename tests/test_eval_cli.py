@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from genrm_jax import algorithmic, answers, checkpoint, config, gsm8k, model
+from genrm_jax import word_puzzles, answers, checkpoint, config, gsm8k_release, model
 from genrm_jax import candidates as cands
 from genrm_jax import eval as eval_cli
-from genrm_jax import evaluation as ev
+from genrm_jax import best_of_n as ev
 from genrm_jax import generate
 from genrm_jax import policy_samples
 from genrm_jax import task_rules
@@ -74,7 +74,7 @@ def test_model_free_rows_match_independent_computation(released):
   qids = {json.loads(l)["question_id"] for l in open(path)}
   raw = _raw_pools(shared_data, qids)
   assert len(raw) == 48
-  assert all(gsm8k.is_heldout(v[0][2], 0.05) for v in raw.values())
+  assert all(gsm8k_release.is_heldout(v[0][2], 0.05) for v in raw.values())
   assert set(results) == {"pass@1", "pass@n", "self_consistency"}
   largest = max(len(v) for v in raw.values())
   assert list(results["pass@n"]) == [str(n) for n in ev.report_ns([largest])]
@@ -225,7 +225,7 @@ def test_verifier_vocabulary_mismatch_is_an_error(tmp_path, capsys):
 
 
 def test_generate_with_a_tiny_policy(tmp_path):
-  vocab = vocab_lib.train_char_vocab(algorithmic.texts_for_vocab("last_letters", count=5),
+  vocab = vocab_lib.train_char_vocab(word_puzzles.texts_for_vocab("last_letters", count=5),
                                      str(tmp_path / "v.model"))
   policy = _model_dir(tmp_path, "policy", vocab.path, vocab.vocab_size)
   out = str(tmp_path / "gen.jsonl")
@@ -234,12 +234,12 @@ def test_generate_with_a_tiny_policy(tmp_path):
                  "--gin_bindings", "SamplerConfig.max_new_tokens = 12",
                  "--gin_bindings", "GenerateConfig.problem_seed = 5"])
   pools = cands.read_candidates(out, require_gold=True)
-  problems = algorithmic.split_problems("last_letters", "test", 2, seed=5)
+  problems = word_puzzles.split_problems("last_letters", "test", 2, seed=5)
   assert [p.question for p in pools] == [p.question for p in problems]
   for pool, prob in zip(pools, problems):
     assert len(pool) == 3 and pool.gold_answer == prob.answer
     for c in pool.candidates:
-      assert c["correct"] == algorithmic.is_correct(prob, c["solution"])
+      assert c["correct"] == word_puzzles.is_correct(prob, c["solution"])
       assert c["finish_reason"] in ("stop", "length")
   # The same seed gives the same samples.
   generate.main(["--checkpoint", policy, "--task", "last_letters", "--split", "test",
@@ -269,7 +269,8 @@ def test_gsm8k_problems_and_answer_checks(tmp_path):
   src = tmp_path / "g.jsonl"
   src.write_text(json.dumps({"question": "How many?", "answer": "2 + 2 = <<2+2=4>>4\n#### 1,000"})
                  + "\n")
-  probs = policy_samples.load_problems(policy_samples.GenerateConfig(task="gsm8k", data_file=str(src)))
+  probs = policy_samples.load_problems(
+      policy_samples.GenerateConfig(task="gsm8k", data_file=str(src)))
   assert probs == [{"question_id": "test-0", "question": "How many?", "gold_answer": "1000"}]
   task = task_rules.get_task("gsm8k")
   assert task.extract("So 1,000 in all. The answer is $1,000.") == "1000"
@@ -284,10 +285,10 @@ def test_gsm8k_problems_and_answer_checks(tmp_path):
 
 def test_eval_with_tiny_random_verifiers(tmp_path):
   from genrm_jax import scoring  # pylint: disable=g-import-not-at-top
-  vocab = vocab_lib.train_char_vocab(algorithmic.texts_for_vocab("last_letters", count=5),
+  vocab = vocab_lib.train_char_vocab(word_puzzles.texts_for_vocab("last_letters", count=5),
                                      str(tmp_path / "v.model"))
   verifier = _model_dir(tmp_path, "verifier", vocab.path, vocab.vocab_size)
-  recs = algorithmic.candidates("last_letters", "test", problems_per_length=3,
+  recs = word_puzzles.candidates("last_letters", "test", problems_per_length=3,
                                 samples_per_problem=4, seed=1)
   for r in recs:
     r["extracted_answer"] = task_rules.get_task("last_letters").extract(r["solution"])
@@ -330,7 +331,7 @@ def test_eval_with_tiny_random_verifiers(tmp_path):
   # Each saved score belongs to its own candidate: recompute a pool's direct scores here.
   cfg, params, _, v = checkpoint.load_model_and_vocab(verifier)
   pool = pools[1]
-  opts = scoring.ScoringConfig(instruction=algorithmic.INSTRUCTIONS["last_letters"])
+  opts = scoring.ScoringConfig(instruction=word_puzzles.INSTRUCTIONS["last_letters"])
   want = scoring.score("genrm", cfg, params, v, [c["question"] for c in pool.candidates],
                        [c["solution"] for c in pool.candidates], opts).scores
   saved = {(r["question_id"], r["candidate_id"]): r["scores"]

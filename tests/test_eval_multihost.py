@@ -15,7 +15,7 @@ import sys
 import gin
 import pytest
 
-from genrm_jax import algorithmic, task_rules
+from genrm_jax import word_puzzles, task_rules
 from genrm_jax import candidates as cands
 from genrm_jax import eval as eval_cli
 from genrm_jax import vocab as vocab_lib
@@ -35,11 +35,11 @@ def _scores(path):
 
 
 def test_two_processes_write_what_one_writes(tmp_path):
-  vocab = vocab_lib.train_char_vocab(algorithmic.texts_for_vocab("last_letters", count=5),
+  vocab = vocab_lib.train_char_vocab(word_puzzles.texts_for_vocab("last_letters", count=5),
                                      str(tmp_path / "v.model"))
   verifier = test_eval_cli._model_dir(  # pylint: disable=protected-access
       tmp_path, "verifier", vocab.path, vocab.vocab_size)
-  recs = algorithmic.candidates("last_letters", "test", problems_per_length=5,
+  recs = word_puzzles.candidates("last_letters", "test", problems_per_length=5,
                                 samples_per_problem=4, seed=2)
   task = task_rules.get_task("last_letters")
   for r in recs:

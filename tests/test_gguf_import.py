@@ -249,9 +249,9 @@ def real_gguf(request) -> pathlib.Path:
 
 def _real_prompt(data: pathlib.Path) -> str:
   """A GenRM verification prompt of a few hundred tokens: released GSM8K question + solution."""
-  from genrm_jax import gsm8k  # pylint: disable=g-import-not-at-top
-  rows = gsm8k.load_gsm8k(str(data / "gsm8k" / "test.jsonl"))
-  return "\n\n".join(formats.direct_prompt(r["question"], gsm8k.gold_solution(r["answer"]))
+  from genrm_jax import gsm8k_release  # pylint: disable=g-import-not-at-top
+  rows = gsm8k_release.load_gsm8k(str(data / "gsm8k" / "test.jsonl"))
+  return "\n\n".join(formats.direct_prompt(r["question"], gsm8k_release.gold_solution(r["answer"]))
                      for r in rows[:2])
 
 
@@ -291,13 +291,14 @@ def test_real_gemma3_270m_logits_and_greedy_match_transformers(real_gguf, shared
 
 
 def test_real_gemma3_270m_tokenizer_matches_transformers_gguf_tokenizer(real_gguf, shared_data):
-  from genrm_jax import gsm8k  # pylint: disable=g-import-not-at-top
+  from genrm_jax import gsm8k_release  # pylint: disable=g-import-not-at-top
   ours = spm.SentencePieceProcessor(
       model_proto=gguf_import.sentencepiece_model(gguf_import.GGUFFile(str(real_gguf))))
   theirs = transformers.AutoTokenizer.from_pretrained(real_gguf.parent, gguf_file=real_gguf.name)
   assert [ours.piece_to_id(p) for p in ("▁Yes", "▁No")] == [8438, 2301]
   assert ours.encode(formats.YES) == [8438] and ours.encode(formats.NO) == [2301]
-  questions = [r["question"] for r in gsm8k.load_gsm8k(str(shared_data / "gsm8k" / "test.jsonl"))]
+  questions = [r["question"]
+               for r in gsm8k_release.load_gsm8k(str(shared_data / "gsm8k" / "test.jsonl"))]
   assert len(questions) == 1319
   mismatches = [q for q in questions
                 if theirs(q)["input_ids"] != [ours.bos_id()] + ours.encode(q)]

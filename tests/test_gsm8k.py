@@ -1,4 +1,4 @@
-"""genrm_jax.gsm8k readers, build-cot, GSM8K tasks on a tiny generated data folder, and the
+"""genrm_jax.gsm8k_release readers, build-cot, GSM8K tasks on a tiny generated data folder, and the
 released data (shared_data)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import tasks  # noqa: F401
 from genrm_jax import data
 from genrm_jax import formats
-from genrm_jax import gsm8k
+from genrm_jax import gsm8k_release
 from genrm_jax import vocab as vocab_lib
 from tasks import gsm8k as gsm8k_tasks
 
@@ -83,11 +83,11 @@ def vocab(tmp_path_factory, root):
 
 
 def test_read_rm_and_val(root):
-  rm = gsm8k.read_rm(str(root / "genrm-critiques"))
+  rm = gsm8k_release.read_rm(str(root / "genrm-critiques"))
   assert len(rm) == 20 and sum(c["correct"] for c in rm) == 10
   assert rm[1]["question"] == QUESTIONS[0] and rm[1]["solution"] == _solution(1, False)
   assert rm[0]["where"].endswith("rm_a.jsonl.gz:1")
-  cot = gsm8k.read_val(str(root / "genrm-critiques"), cot=True)
+  cot = gsm8k_release.read_val(str(root / "genrm-critiques"), cot=True)
   assert [c["correct"] for c in cot] == [True, False, True, False]
 
 
@@ -102,11 +102,11 @@ def test_read_rm_and_val(root):
 def test_bad_records_name_file_and_line(tmp_path, line, match):
   path = tmp_path / "rm" / "rm_bad.jsonl"
   _write(path, [_rm_record(1, True), line, _rm_record(2, False)])
-  with pytest.raises(gsm8k.BadRecord, match=match) as e:
-    gsm8k.read_rm(str(tmp_path))
+  with pytest.raises(gsm8k_release.BadRecord, match=match) as e:
+    gsm8k_release.read_rm(str(tmp_path))
   assert "rm_bad.jsonl:2" in str(e.value)
-  stats = gsm8k.ReadStats()
-  assert len(gsm8k.read_rm(str(tmp_path), skip_bad=True, stats=stats)) == 2
+  stats = gsm8k_release.ReadStats()
+  assert len(gsm8k_release.read_rm(str(tmp_path), skip_bad=True, stats=stats)) == 2
   assert stats.skipped == 1 and stats.read >= 2
 
 
@@ -115,14 +115,14 @@ def test_truncated_gzip(tmp_path):
   _write(path, [_rm_record(i % 10 + 1, True) for i in range(200)])
   raw = path.read_bytes()
   path.write_bytes(raw[:len(raw) // 2])
-  with pytest.raises(gsm8k.BadRecord, match="truncated gzip"):
-    gsm8k.read_rm(str(tmp_path), skip_bad=True)
+  with pytest.raises(gsm8k_release.BadRecord, match="truncated gzip"):
+    gsm8k_release.read_rm(str(tmp_path), skip_bad=True)
 
 
 def test_build_cot_command(root, tmp_path, capsys):
   out = tmp_path / "cot.jsonl"
   folder = str(root / "genrm-critiques" / "data_collection")
-  assert gsm8k.main(["build-cot", "--data_collection", folder, "--out", str(out)]) == 0
+  assert gsm8k_release.main(["build-cot", "--data_collection", folder, "--out", str(out)]) == 0
   printed = capsys.readouterr().out
   assert "kept 40, dropped 20" in printed and "unparseable 20" in printed
   recs = [json.loads(l) for l in out.read_text().splitlines()]
@@ -133,10 +133,10 @@ def test_build_cot_command(root, tmp_path, capsys):
 
 
 def test_heldout_split_is_by_question(root):
-  cands = gsm8k.read_rm(str(root / "genrm-critiques"))
-  always = frozenset({gsm8k.question_key(QUESTIONS[0])})
-  train = gsm8k.split_by_question(cands, "train", 0.3, always)
-  val = gsm8k.split_by_question(cands, "validation", 0.3, always)
+  cands = gsm8k_release.read_rm(str(root / "genrm-critiques"))
+  always = frozenset({gsm8k_release.question_key(QUESTIONS[0])})
+  train = gsm8k_release.split_by_question(cands, "train", 0.3, always)
+  val = gsm8k_release.split_by_question(cands, "validation", 0.3, always)
   assert len(train) + len(val) == len(cands) and val
   assert not {c["question"] for c in train} & {c["question"] for c in val}
   assert QUESTIONS[0] in {c["question"] for c in val}
@@ -217,21 +217,23 @@ def test_candidate_file_tasks_labelled_by_answer_checking(root, vocab, tmp_path)
   assert got == {("3.", 1.0), ("4.", 0.0), ("5.", 1.0), ("6.", 0.0)}
   _write(path, [{"question_id": 9, "question": "unknown?", "solution": "The answer is 1."}])
   gsm8k_tasks.register_candidate_tasks("mine2", str(path))
-  with pytest.raises(gsm8k.BadRecord, match="cands.jsonl:1: no 'correct' label"):
+  with pytest.raises(gsm8k_release.BadRecord, match="cands.jsonl:1: no 'correct' label"):
     data.get_batches("mine2_verify", "all", batch_size=1, seq_len=64, vocab=vocab)
 
 
 def test_released_data(shared_data):
   root = str(shared_data / "genrm-critiques")
-  rm = gsm8k.read_rm(root)
+  rm = gsm8k_release.read_rm(root)
   yes = sum(c["correct"] for c in rm)
   assert (len(rm), len({c["question"] for c in rm}), yes, len(rm) - yes) == (
       165652, 7345, 113262, 52390)
   assert 0.68 < yes / len(rm) < 0.69
-  assert len(gsm8k.read_val(root, cot=False)) == 212 and len(gsm8k.read_val(root, cot=True)) == 259
-  val_q = frozenset(gsm8k.question_key(c["question"]) for c in gsm8k.read_val(root, cot=False))
-  assert len(val_q) == 128 and not val_q & {gsm8k.question_key(c["question"]) for c in rm}
-  held = gsm8k.split_by_question(rm, "validation", 0.05)
+  assert len(gsm8k_release.read_val(root, cot=False)) == 212
+  assert len(gsm8k_release.read_val(root, cot=True)) == 259
+  val_q = frozenset(gsm8k_release.question_key(c["question"])
+                    for c in gsm8k_release.read_val(root, cot=False))
+  assert len(val_q) == 128 and not val_q & {gsm8k_release.question_key(c["question"]) for c in rm}
+  held = gsm8k_release.split_by_question(rm, "validation", 0.05)
   n_q = len({c["question"] for c in held})
   assert 0.04 * 7345 < n_q < 0.06 * 7345
   per_q = np.bincount(np.unique([c["question"] for c in rm], return_inverse=True)[1])

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import pytest
 
-from genrm_jax import algorithmic, checkpoint, config, formats, model, objectives
+from genrm_jax import word_puzzles, checkpoint, config, formats, model, objectives
 from genrm_jax import candidates as cands
 from genrm_jax import eval as eval_cli
 from genrm_jax import task_rules
@@ -99,7 +99,7 @@ def call(url: str, path: str, body=None, *, raw: bytes | None = None, token: str
 
 
 def _model_dir(tmp) -> tuple[str, int]:
-  vocab = vocab_lib.train_char_vocab(algorithmic.texts_for_vocab("last_letters", count=5),
+  vocab = vocab_lib.train_char_vocab(word_puzzles.texts_for_vocab("last_letters", count=5),
                                      str(tmp / "v.model"))
   cfg = config.tiny(vocab_size=vocab.vocab_size, num_layers=1, embed_dim=32, hidden_dim=64,
                     num_heads=2, num_kv_heads=1, head_dim=16, max_seq_len=512)
@@ -123,7 +123,7 @@ def setup(tmp_path_factory):
                          str(tmp / "token"), "--mesh=-1,1,2"),
              "C": Server(model_dir, tmp / "c.log", *SERVER_C)}
   try:
-    recs = algorithmic.candidates("last_letters", "test", problems_per_length=3,
+    recs = word_puzzles.candidates("last_letters", "test", problems_per_length=3,
                                   samples_per_problem=4, seed=1)
     for r in recs:
       r["extracted_answer"] = task_rules.get_task("last_letters").extract(r["solution"])

@@ -10,8 +10,8 @@ Held-out split: a question is held out when it is one of the paper's validation 
 (``critiques_val``) or when a hash of its text falls under ``heldout_fraction``; train and
 validation therefore never share a question, whatever files are loaded.
 
-Command: ``python -m genrm_jax.gsm8k build-cot --data_collection DIR --out FILE`` rebuilds the CoT
-training set from the raw reference-guided rationales (see ``build_cot``).
+Command: ``python -m genrm_jax.gsm8k_release build-cot --data_collection DIR --out FILE`` rebuilds
+the CoT training set from the raw reference-guided rationales (see ``build_cot``).
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def build_cot(paths: Sequence[str], skip_bad: bool = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m genrm_jax.gsm8k")
+  parser = argparse.ArgumentParser(prog="python -m genrm_jax.gsm8k_release")
   sub = parser.add_subparsers(dest="cmd", required=True)
   cot = sub.add_parser("build-cot", help="rebuild the CoT training set from raw rationales")
   cot.add_argument("--data_collection", required=True, help="folder with *.jsonl.gz rationales")

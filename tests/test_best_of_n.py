@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from genrm_jax import evaluation as ev
+from genrm_jax import best_of_n as ev
 
 
 def _random_pool(rng, n):
