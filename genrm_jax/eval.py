@@ -49,13 +49,12 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from genrm_jax import word_puzzles
+from genrm_jax import best_of_n as ev
 from genrm_jax import candidates as cands
 from genrm_jax import checkpoint
 from genrm_jax import cli
 from genrm_jax import diagnostics as diag
 from genrm_jax import distributed
-from genrm_jax import best_of_n as ev
 from genrm_jax import files
 from genrm_jax import plots
 from genrm_jax import policy_samples
@@ -63,6 +62,7 @@ from genrm_jax import sampler
 from genrm_jax import scoring
 from genrm_jax import task_rules
 from genrm_jax import vocab as vocab_lib
+from genrm_jax import word_puzzles
 
 # Command-line method name -> genrm_jax.scoring method (scoring's own names are accepted too).
 METHODS = {"direct": "genrm", "cot": "genrm_cot", "discriminative": "disc", "dpo": "dpo",

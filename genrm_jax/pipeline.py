@@ -35,12 +35,12 @@ from typing import Callable, Sequence
 
 import gin
 
-from genrm_jax import word_puzzles
 from genrm_jax import candidates as cands
 from genrm_jax import cli
 from genrm_jax import formats
 from genrm_jax import records
 from genrm_jax import vocab as vocab_lib
+from genrm_jax import word_puzzles
 
 @dataclasses.dataclass(frozen=True)
 class VerifierRecipe:

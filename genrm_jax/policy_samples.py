@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from genrm_jax import word_puzzles
 from genrm_jax import checkpoint
 from genrm_jax import cli
 from genrm_jax import distributed
@@ -19,6 +18,7 @@ from genrm_jax import gsm8k_release
 from genrm_jax import progress
 from genrm_jax import sampler
 from genrm_jax import task_rules
+from genrm_jax import word_puzzles
 
 
 @dataclasses.dataclass(frozen=True)

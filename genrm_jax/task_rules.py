@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from genrm_jax import word_puzzles
 from genrm_jax import answers
 from genrm_jax import formats
+from genrm_jax import word_puzzles
 
 
 @dataclasses.dataclass(frozen=True)

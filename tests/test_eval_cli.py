@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from genrm_jax import word_puzzles, answers, checkpoint, config, gsm8k_release, model
+from genrm_jax import answers, checkpoint, config, gsm8k_release, model, word_puzzles
+from genrm_jax import best_of_n as ev
 from genrm_jax import candidates as cands
 from genrm_jax import eval as eval_cli
-from genrm_jax import best_of_n as ev
 from genrm_jax import generate
 from genrm_jax import policy_samples
 from genrm_jax import task_rules

@@ -15,9 +15,9 @@ import sys
 import gin
 import pytest
 
-from genrm_jax import word_puzzles, task_rules
 from genrm_jax import candidates as cands
 from genrm_jax import eval as eval_cli
+from genrm_jax import task_rules, word_puzzles
 from genrm_jax import vocab as vocab_lib
 from tests import test_eval_cli
 

@@ -28,8 +28,8 @@ import jax
 import numpy as np
 import pytest
 
-from genrm_jax import word_puzzles, checkpoint, config, formats, model, objectives
 from genrm_jax import candidates as cands
+from genrm_jax import checkpoint, config, formats, model, objectives, word_puzzles
 from genrm_jax import eval as eval_cli
 from genrm_jax import task_rules
 from genrm_jax import vocab as vocab_lib

@@ -89,3 +89,15 @@ def test_phrases_are_single_pieces_and_split_tokenization_still_holds(tmp_path):
   assert vocab_lib.verdict_token_ids(v) == vocab_lib.verdict_token_ids(plain)
   with pytest.raises(ValueError, match="no newline"):
     vocab_lib.train_char_vocab(TEXTS, str(tmp_path / "bad.model"), phrases=("a\nb",))
+
+
+def test_check_fits_exact_padded_or_any(vocab):
+  n = vocab.vocab_size
+  assert vocab_lib.check_fits(n, vocab, "m") == n
+  assert vocab_lib.check_fits(n + 128, vocab.path, "m", max_padding=vocab_lib.MAX_PADDING) == n
+  assert vocab_lib.check_fits(n + 10_000, vocab, "m", max_padding=None) == n
+  for rows, pad, need in ((n + 1, 0, f"exactly {n}"), (n + 129, 128, f"{n} to {n + 128}"),
+                          (n - 1, None, f"at least {n}")):
+    with pytest.raises(ValueError, match=rf"^m: field 'vocab_size'={rows} does not match its "
+                                         rf"tokenizer .*\({n} pieces: the embedding needs {need}"):
+      vocab_lib.check_fits(rows, vocab, "m", max_padding=pad)
