@@ -42,12 +42,12 @@ def _time(fn, steps: int) -> float:
 def jax_step_time(cfg: config.ModelConfig, batch: int, seq: int, steps: int) -> float:
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   obj, opt = objectives.ObjectiveConfig("lm"), optim.OptimConfig()
-  state = {"s": step.init_state(cfg, obj, opt, mesh,
-                                model.init_params(cfg, jax.random.key(0), mesh))}
-  train_step = step.make_train_step(cfg, obj, opt, mesh)
+  setup = step.make_setup(cfg, obj, opt, mesh)
+  state = {"s": step.init_state(setup, model.init_params(cfg, jax.random.key(0), mesh))}
+  train_step = step.make_train_step(setup)
   data = synthetic.make_batch(0, batch_size=batch, seq_len=seq, objective="lm",
                               vocab_size=cfg.vocab_size)
-  data = jax.device_put(data, step.batch_shardings("lm", mesh))
+  data = jax.device_put(data, setup.batch_shardings)
 
   def one():
     state["s"], metrics = train_step(state["s"], data)

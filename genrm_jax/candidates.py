@@ -151,7 +151,7 @@ def write_candidates(path: str, records: Sequence[dict[str, Any]], *,
 
 
 def from_released(rm_dir: str, num_questions: int, seed: int, gsm8k_train: str | None = None,
-                  heldout_fraction: float = 0.05, max_pool_size: int | None = None
+                  heldout_fraction: float | None = None, max_pool_size: int | None = None
                   ) -> list[dict[str, Any]]:
   """Candidates of ``num_questions`` held-out questions drawn with ``seed``, sorted by id.
 
@@ -160,6 +160,8 @@ def from_released(rm_dir: str, num_questions: int, seed: int, gsm8k_train: str |
   question text) when given. With ``max_pool_size``, larger pools are cut to a seeded random subset.
   """
   from genrm_jax import answers, gsm8k_release  # pylint: disable=g-import-not-at-top
+  if heldout_fraction is None:
+    heldout_fraction = gsm8k_release.HELDOUT_FRACTION
   rm_dir = os.path.abspath(rm_dir)
   if os.path.basename(rm_dir) != "rm" or not os.path.isdir(rm_dir):
     raise FileNotFoundError(f"--rm_dir {rm_dir}: expected the released genrm-critiques/rm folder")
@@ -203,8 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   rel.add_argument("--gsm8k_train", default=None,
                    help="GSM8K train.jsonl for gold answers (default: ../gsm8k/train.jsonl "
                         "beside rm_dir's parent, if present)")
-  rel.add_argument("--heldout_fraction", type=float, default=0.05,
-                   help="must match the training tasks' (tasks/gsm8k.py register_gsm8k)")
+  rel.add_argument("--heldout_fraction", type=float, default=None,
+                   help="must match the training tasks' (default: theirs, "
+                        "gsm8k_release.HELDOUT_FRACTION)")
   rel.add_argument("--max_pool_size", type=int, default=None)
   rel.add_argument("--out", required=True)
   chk = sub.add_parser("check", help="validate a candidates file and print its pool sizes")

@@ -138,13 +138,11 @@ def _fields(method: str) -> tuple[str, ...]:
 
 
 def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
-                task: task_rules.Task) -> dict[str, np.ndarray]:
+                opts: scoring.ScoringConfig) -> dict[str, np.ndarray]:
   """``Scored`` fields, flat over the candidates of ``pools``, from one verifier on local devices."""
   method = METHODS[spec.method]
   mesh = cli.mesh(ec.mesh, devices=jax.local_devices())
   verifier = scoring.load_verifier(spec.model_dir, method, mesh, what=f"verifier {spec.name}")
-  opts = cli.configure(scoring.ScoringConfig, instruction=task.instruction,
-                       num_rationales=ec.cot_votes or None)
   flat = [c for p in pools for c in p.candidates]
   k = opts.num_rationales
   if not flat:  # more processes than problems
@@ -164,10 +162,10 @@ def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
 
 
 def score_shared(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
-                 task: task_rules.Task) -> Scored:
+                 opts: scoring.ScoringConfig) -> Scored:
   """Every pool's outputs on every process; process p scores its share ``pools[p::count]``."""
   count = jax.process_count()
-  local = score_pools(spec, pools[jax.process_index()::count], ec, task)
+  local = score_pools(spec, pools[jax.process_index()::count], ec, opts)
   fields = {}
   for field, values in local.items():
     per_process = distributed.allgather_ragged(values)
@@ -442,14 +440,19 @@ def _first_vocab(specs: Sequence[VerifierArg]) -> vocab_lib.Vocab | None:
   return None
 
 
-def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateConfig | None = None
-        ) -> dict | None:
+def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateConfig | None = None,
+        scoring_opts: scoring.ScoringConfig | None = None) -> dict | None:
   """Evaluates (and, with ``ec.policy``, first generates) candidates; writes ``ec.out``.
 
-  Every process must call it; the results come back on process 0, None on the others.
+  ``scoring_opts``: how verifiers score (default: ``ScoringConfig`` from gin); the task's
+  instruction and ``ec.cot_votes`` are set on it. Every process must call it; the results come
+  back on process 0, None on the others.
   """
   t0 = time.time()
   task = task_rules.get_task(ec.task)
+  opts = scoring_opts or cli.configure(scoring.ScoringConfig)
+  opts = dataclasses.replace(opts, instruction=task.instruction,
+                             num_rationales=ec.cot_votes or opts.num_rationales)
   specs = [parse_verifier(v) for v in ec.verifiers]
   if len({s.name for s in specs}) < len(specs):
     raise ValueError(f"verifier names must be distinct: {[s.name for s in specs]}")
@@ -472,7 +475,7 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateCo
               if ec.probes and ec.task in word_puzzles.TASKS and specs else [])
     probe_scores = {}
     for spec in specs:
-      both = score_shared(spec, [*pools, *probes], ec, task)
+      both = score_shared(spec, [*pools, *probes], ec, opts)
       scores[spec.name] = Scored(**{f: getattr(both, f)[:len(pools)]
                                     for f in Scored.FIELDS if getattr(both, f) is not None})
       if probes:

@@ -14,12 +14,8 @@ sampling itself is ``genrm_jax.policy_samples``.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Sequence
 
-import numpy as np
-
-from genrm_jax import candidates as cands
 from genrm_jax import cli
 from genrm_jax import policy_samples
 from genrm_jax import sampler
@@ -57,12 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        max_new_tokens=args.max_new_tokens)
     if not gc.checkpoint or not gc.out:
       cli.fail("--checkpoint and --out are required (as flags or gin bindings)")
-    t0 = time.time()
-    recs = policy_samples.generate(gc, sc)
-    pools = cands.write_candidates(gc.out, recs, require_gold=True)
-    acc = np.mean([c["correct"] for c in recs])
-    print(f"wrote {gc.out}: {len(pools)} problems x {gc.num_samples} samples, "
-          f"{acc:.3f} correct, {time.time() - t0:.1f}s")
+    print(policy_samples.write(gc, sc))
 
   return cli.main(run)
 

@@ -211,6 +211,11 @@ def read_candidates(path: str, gold_by_question: dict[str, str] | None = None,
   return out
 
 
+# Besides the paper's 128 validation questions, a hashed 5% of the rest is held out from training
+# (the verifier tasks' validation split, and the questions ``candidates from-released`` draws).
+HELDOUT_FRACTION = 0.05
+
+
 def is_heldout(question: str, fraction: float, always: frozenset[str] = frozenset()) -> bool:
   """Whether a question belongs to the held-out (validation) split: stable across runs and files."""
   key = question_key(question)

@@ -3,8 +3,9 @@
     python -m genrm_jax.pipeline [--gin_file pipeline/quick.gin] [--out runs/genrm_demo]
 
 The paper's algorithmic experiment (last-letter concatenation by default) scaled down to a small
-Gemma trained from scratch. Each stage is a call of the same CLI a TPU user runs, configured by
-gin files from ``gin_configs/pipeline/``, with its outputs in one run folder:
+Gemma trained from scratch. Each stage runs what the CLI a TPU user runs calls, configured by gin
+files from ``gin_configs/pipeline/`` and this module's settings (a training stage is an
+``Experiment`` built here, recorded in its ``config.gin``), with its outputs in one run folder:
 
   a. ``vocab.model``           a character-level SentencePiece vocabulary of the task
   b. ``policy/``               ``genrm_jax.train``: SFT of a policy on reference solutions
@@ -31,35 +32,41 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import gin
 
 from genrm_jax import candidates as cands
 from genrm_jax import cli
+from genrm_jax import eval as eval_lib
+from genrm_jax import files
 from genrm_jax import formats
+from genrm_jax import policy_samples
 from genrm_jax import records
+from genrm_jax import sampler
+from genrm_jax import scoring
+from genrm_jax import train
 from genrm_jax import vocab as vocab_lib
 from genrm_jax import word_puzzles
 
 @dataclasses.dataclass(frozen=True)
 class VerifierRecipe:
-  """One verifier to train: its objective's gin file and bindings, its task and how eval scores
+  """One verifier to train: its objective's gin file and settings, its task and how eval scores
   it."""
   name: str
   gin_file: str
   data: str  # the seqio task/mixture, from tasks.algorithmic.register_policy_candidates
   method: str  # genrm_jax.eval scoring method
-  bindings: tuple[str, ...] = ()
+  objective: tuple[tuple[str, float], ...] = ()  # ObjectiveConfig fields set over the gin file's
 
 
 VERIFIERS = (
     VerifierRecipe("discriminative", "pipeline/verifier_disc.gin", "policy_discriminative",
-                 "discriminative"),
+                   "discriminative"),
     # One verdict token per record against every solution token of the SFT records mixed in:
     # weighted 1, the verdict was 6-8% of the loss (see ObjectiveConfig.verdict_weight).
     VerifierRecipe("genrm", "pipeline/verifier_lm.gin", "policy_genrm", "direct",
-                 ("ObjectiveConfig.verdict_weight = 8.0",)),
+                   (("verdict_weight", 8.0),)),
     VerifierRecipe("genrm_cot", "pipeline/verifier_lm.gin", "policy_genrm_cot", "cot"),
 )
 
@@ -111,16 +118,12 @@ class PipelineConfig:
   max_rationale_tokens: int = 160
   rationale_temperature: float = 0.7
   verifiers: tuple[str, ...] = tuple(v.name for v in VERIFIERS)
+  # Gin bindings for every training stage, over its gin files (what the pipeline sets itself,
+  # below, it sets last: seeds, steps and schedule, data, vocabulary, starting point).
   extra_bindings: tuple[str, ...] = ()
 
 
 cli.register(PipelineConfig)
-
-
-def _schedule(steps: int, decay_steps: int | None = None) -> list[str]:
-  # Short CPU runs: warm up over a tenth of the run, then one cosine (to its end by default).
-  return [f"OptimConfig.warmup_steps = {max(1, steps // 10)}",
-          f"OptimConfig.decay_steps = {decay_steps or steps}"]
 
 
 class StageFailed(RuntimeError):
@@ -155,28 +158,51 @@ class Runner:
     self.timings[name] = time.time() - t0
     print(f"== {name}: {self.timings[name]:.0f} s", flush=True)
 
-  def train_args(self, gin_files: Sequence[str], workdir: str, bindings: Sequence[str]
-                 ) -> list[str]:
+  def experiment(self, gin_file: str, data: str, steps: int, decay_steps: int | None = None,
+                 init_from: str = "scratch", objective: Sequence[tuple[str, Any]] = (),
+                 mixture: records.MixtureConfig | None = None) -> tuple[train.Experiment, str]:
+    """A training stage's experiment: the model and stage gin files (with ``extra_bindings``), then
+    what the pipeline decides; and its config.gin text, the gin files' operative config followed
+    by the bindings that the pipeline's settings amount to."""
     pc = self.pc
-    v = vocab_lib.load_vocab(self.path("vocab.model"))
-    args = []
-    for f in (pc.model_gin, *gin_files):
-      args += ["--gin_file", cli.gin_path(f)]
-    for b in (f"DataConfig.vocab_path = '{self.path('vocab.model')}'",
-              f"model_config.vocab_size = {v.vocab_size}", f"TrainConfig.seed = {pc.seed}",
-              f"DataConfig.seed = {pc.seed}", *bindings, *pc.extra_bindings):
-      args += ["--gin_bindings", b]
-    return args + ["--workdir", workdir]
+    cli.parse_gin([pc.model_gin, gin_file], pc.extra_bindings)
+    base = train.experiment_from_gin()
+    operative = gin.operative_config_str()
+    gin.clear_config()
+    vocab_path = self.path("vocab.model")
+    # Short CPU runs: warm up over a tenth of the run, then one cosine (to its end by default).
+    exp = dataclasses.replace(
+        base,
+        model=base.model.replace(vocab_size=vocab_lib.load_vocab(vocab_path).vocab_size),
+        train=dataclasses.replace(base.train, seed=pc.seed, num_steps=steps, init_from=init_from),
+        data=dataclasses.replace(base.data, name=data, seed=pc.seed, vocab_path=vocab_path,
+                                 mixture=mixture or base.data.mixture),
+        optim=dataclasses.replace(base.optim, warmup_steps=max(1, steps // 10),
+                                  decay_steps=decay_steps or steps),
+        objective=dataclasses.replace(base.objective, **dict(objective)))
+    bindings = train.bindings_between(base, exp)
+    return exp, f"{operative}\n# Set by genrm_jax.pipeline:\n" + "\n".join(bindings) + "\n"
 
-  def generate_args(self, split: str, problems: int, samples: int, out: str) -> list[str]:
+  def mixture(self) -> records.MixtureConfig:
+    """The verifiers' data: the selected samples of the policy, with programmatic rationales."""
     pc = self.pc
-    extra = (["--test_length", str(pc.test_length)] if split == "test" else
-             ["--lengths", ",".join(map(str, pc.verifier_lengths))])
-    return ["--checkpoint", self.path("policy", "model"), "--task", pc.task, "--split", split,
-            *extra,
-            "--num_problems", str(problems), "--num_samples", str(samples),
-            "--temperature", str(pc.temperature), "--max_new_tokens",
-            str(pc.max_solution_tokens), "--seed", str(pc.seed), "--out", out]
+    return records.MixtureConfig(max_per_class=pc.max_per_class, balance=pc.balance,
+                                 candidates_file=self.path("verifier_data.jsonl"),
+                                 candidates_task=pc.task, rationale_style=pc.rationale_style)
+
+  def train_stage(self, workdir: str, *args, **kwargs) -> int:
+    exp, config = self.experiment(*args, **kwargs)
+    return train.launch(exp, workdir, config)
+
+  def sample(self, split: str, problems: int, samples: int, out: str) -> None:
+    pc = self.pc
+    gc = policy_samples.GenerateConfig(
+        checkpoint=self.path("policy", "model"), task=pc.task, split=split, num_problems=problems,
+        num_samples=samples, seed=pc.seed, out=out,
+        **({"test_length": pc.test_length} if split == "test" else
+           {"lengths": tuple(pc.verifier_lengths)}))
+    sc = sampler.SamplerConfig(temperature=pc.temperature, max_new_tokens=pc.max_solution_tokens)
+    print(policy_samples.write(gc, sc), flush=True)
 
   def rationale_stop(self) -> str:
     """Where a sampled rationale stops: at the verdict question, which the scorer then feeds. With
@@ -207,70 +233,52 @@ class Runner:
             "selected": records.data_card(chosen, features),
             "hard_negatives": sum("source" in c for c in chosen)}
     cands.write_candidates(out, chosen)
-    with open(self.path("verifier_data_card.json"), "w") as f:
-      json.dump(card, f, indent=2)
+    files.write_atomic(self.path("verifier_data_card.json"), json.dumps(card, indent=2))
     for name in ("sampled", "selected"):
       print(f"verifier data, {name}: {records.format_card(card[name])}", flush=True)
     print(f"verifier data: {card['hard_negatives']} of the selected are hard negatives", flush=True)
 
   def run(self) -> dict:
-    from genrm_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-    from genrm_jax import generate  # pylint: disable=g-import-not-at-top
-    from genrm_jax import train  # pylint: disable=g-import-not-at-top
     pc = self.pc
     vocab_path = self.path("vocab.model")
     self.stage("a. task vocabulary", vocab_path, lambda: vocab_lib.train_char_vocab(
         word_puzzles.texts_for_vocab(pc.task, seed=pc.seed), vocab_path,
         phrases=formats.PHRASES if pc.vocab_phrases else ()) and 0)
     self.stage("b. train the policy (SFT on correct solutions)", self.path("policy", "model"),
-               lambda: train.main(self.train_args(
-                   [pc.policy_gin], self.path("policy"),
-                   [f"DataConfig.name = '{pc.task}_policy_sft'",
-                    f"TrainConfig.num_steps = {pc.policy_steps}",
-                    *_schedule(pc.policy_steps, pc.policy_decay_steps)])))
+               lambda: self.train_stage(self.path("policy"), pc.policy_gin,
+                                        f"{pc.task}_policy_sft", pc.policy_steps,
+                                        pc.policy_decay_steps))
     test_cands = self.path("test_candidates.jsonl")
-    self.stage("c. sample test candidates", test_cands, lambda: generate.main(
-        self.generate_args("test", pc.test_problems, pc.num_samples, test_cands)))
+    self.stage("c. sample test candidates", test_cands,
+               lambda: self.sample("test", pc.test_problems, pc.num_samples, test_cands))
     train_cands = self.path("train_candidates.jsonl")
-    self.stage("d. sample verifier training candidates", train_cands, lambda: generate.main(
-        self.generate_args("train", pc.train_problems_per_length, pc.train_samples,
-                           train_cands)))
+    self.stage("d. sample verifier training candidates", train_cands,
+               lambda: self.sample("train", pc.train_problems_per_length, pc.train_samples,
+                                   train_cands))
     verifier_data = self.path("verifier_data.jsonl")
     self.stage("e. select the verifier data", verifier_data,
                lambda: self.select_verifier_data(train_cands, verifier_data))
-    specs = [v for v in VERIFIERS if v.name in pc.verifiers]
-    for spec in specs:
-      workdir = self.path("verifiers", spec.name)
-      self.stage(f"f. train verifier {spec.name}", os.path.join(workdir, "model"),
-                 lambda spec=spec, workdir=workdir: train.main(self.train_args(
-                     [spec.gin_file], workdir,
-                     ["import tasks.algorithmic",
-                      f"register_policy_candidates.task = '{pc.task}'",
-                      f"register_policy_candidates.candidates_file = '{verifier_data}'",
-                      f"register_policy_candidates.max_per_class = {pc.max_per_class}",
-                      f"register_policy_candidates.balance = {pc.balance}",
-                      f"register_policy_candidates.rationale_style = '{pc.rationale_style}'",
-                      f"DataConfig.name = '{spec.data}'",
-                      f"TrainConfig.num_steps = {pc.verifier_steps}",
-                      *_schedule(pc.verifier_steps), *spec.bindings,
-                      f"TrainConfig.init_from = 'genrm:{self.path('policy')}'"])))
+    recipes = [v for v in VERIFIERS if v.name in pc.verifiers]
+    for recipe in recipes:
+      workdir = self.path("verifiers", recipe.name)
+      self.stage(f"f. train verifier {recipe.name}", os.path.join(workdir, "model"),
+                 lambda recipe=recipe, workdir=workdir: self.train_stage(
+                     workdir, recipe.gin_file, recipe.data, pc.verifier_steps,
+                     init_from=f"genrm:{self.path('policy')}", objective=recipe.objective,
+                     mixture=self.mixture()))
     eval_dir = self.path("eval")
-    eval_args = ["--task", pc.task, "--candidates", test_cands, "--out", eval_dir,
-                 "--cot_votes", str(pc.cot_votes), "--seed", str(pc.seed), "--overwrite"]
-    for b in ("ScoringConfig.rationale = @SamplerConfig()",
-              f"SamplerConfig.max_new_tokens = {pc.max_rationale_tokens}",
-              f"SamplerConfig.temperature = {pc.rationale_temperature}",
-              f"SamplerConfig.stop_strings = ({self.rationale_stop()!r},)"):
-      eval_args += ["--gin_bindings", b]
-    for spec in specs:
-      eval_args += ["--verifier",
-                    f"{spec.name}={self.path('verifiers', spec.name, 'model')}:{spec.method}"]
+    ec = eval_lib.EvalConfig(
+        task=pc.task, candidates=test_cands, out=eval_dir, cot_votes=pc.cot_votes, seed=pc.seed,
+        overwrite=True, verifiers=tuple(
+            f"{v.name}={self.path('verifiers', v.name, 'model')}:{v.method}" for v in recipes))
+    opts = scoring.ScoringConfig(rationale=sampler.SamplerConfig(
+        max_new_tokens=pc.max_rationale_tokens, temperature=pc.rationale_temperature,
+        stop_strings=(self.rationale_stop(),)))
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
-               lambda: eval_lib.main(eval_args))
+               lambda: eval_lib.run(ec, sampler.SamplerConfig(), scoring_opts=opts) and 0)
     with open(os.path.join(eval_dir, "results.json")) as f:
       results = json.load(f)
-    with open(self.path("timings.json"), "w") as f:
-      json.dump(self.timings, f, indent=2)
+    files.write_atomic(self.path("timings.json"), json.dumps(self.timings, indent=2))
     return results
 
 

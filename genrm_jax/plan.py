@@ -180,10 +180,11 @@ def make_plan(spec: PlanSpec, backend: str) -> Plan:
                          where=f"plan {spec.model} on {spec.topology}")
   obj = objectives.ObjectiveConfig(kind=spec.objective)
   opt = optim.OptimConfig()
-  state = step.abstract_state(cfg, obj, opt, mesh)
+  setup = step.make_setup(cfg, obj, opt, mesh)
+  state = setup.abstract_state
   batch = objectives.abstract_batch(spec.objective, spec.batch, spec.seq_len,
-                                    step.batch_shardings(spec.objective, mesh))
-  train_step = step.make_train_step(cfg, obj, opt, mesh, grad_accum=spec.grad_accum)
+                                    setup.batch_shardings)
+  train_step = step.make_train_step(setup, grad_accum=spec.grad_accum)
   params_bytes = _per_chip_bytes(state.params) + _per_chip_bytes(state.ref_params)
   opt_bytes = _per_chip_bytes(state.opt_state)
   try:

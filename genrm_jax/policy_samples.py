@@ -8,8 +8,12 @@ against the gold answer with the task's rules (``genrm_jax.task_rules``).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
+import numpy as np
+
+from genrm_jax import candidates as cands
 from genrm_jax import checkpoint
 from genrm_jax import cli
 from genrm_jax import distributed
@@ -60,6 +64,16 @@ def load_problems(gc: GenerateConfig) -> list[dict[str, Any]]:
                                                            gc.problem_seed,
                                                            gc.test_length or None,
                                                            tuple(gc.lengths) or None))]
+
+
+def write(gc: GenerateConfig, sc: sampler.SamplerConfig) -> str:
+  """Samples the candidates (``generate``) and writes them to ``gc.out``; returns a summary."""
+  t0 = time.time()
+  recs = generate(gc, sc)
+  pools = cands.write_candidates(gc.out, recs, require_gold=True)
+  acc = np.mean([c["correct"] for c in recs])
+  return (f"wrote {gc.out}: {len(pools)} problems x {gc.num_samples} samples, {acc:.3f} correct, "
+          f"{time.time() - t0:.1f}s")
 
 
 def generate(gc: GenerateConfig, sc: sampler.SamplerConfig) -> list[dict[str, Any]]:

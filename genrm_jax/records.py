@@ -9,12 +9,38 @@ dpo {"inputs", "chosen", "rejected"}.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 from typing import Any, Callable, Iterable, Sequence
 
 from genrm_jax import formats
 
 Candidate = dict[str, Any]
+
+# The paper's data recipe, named once: lambda, the weight of SFT on correct solutions in the
+# verifier mixtures (1/4 for GSM8K, 1/3 for the algorithmic tasks), and at most 16 correct and 16
+# wrong solutions a question.
+PAPER_LAMBDA = {"gsm8k": 1 / 4, "last_letters": 1 / 3, "word_sorting": 1 / 3}
+PAPER_MAX_PER_CLASS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureConfig:
+  """How the verifier tasks and mixtures are built (``tasks.register_all``); a field of
+  ``DataConfig``, bound in gin as ``MixtureConfig.<field>``."""
+  lam: float | None = None  # weight of SFT on correct solutions; None: the source's PAPER_LAMBDA
+  # Per question at most this many correct and as many wrong candidates (None: no cap); balanced:
+  # equally many of each, or none (``select_per_question``).
+  max_per_class: int | None = PAPER_MAX_PER_CLASS
+  balance: bool = True
+  # The ``policy_*`` tasks: candidates sampled from a policy on ``candidates_task`` (a candidates
+  # JSONL; empty: not registered), with programmatic rationales of this style.
+  candidates_file: str = ""
+  candidates_task: str = "last_letters"
+  rationale_style: str = "check"
+
+  def lam_for(self, src: str) -> float:
+    return PAPER_LAMBDA[src] if self.lam is None else self.lam
 
 
 def _by_question(cands: Iterable[Candidate]) -> dict[str, list[Candidate]]:
@@ -89,7 +115,7 @@ def dpo_pairs(cands: Iterable[Candidate], instruction: str, seed: int = 0) -> li
   return out
 
 
-def select_per_question(cands: Sequence[Candidate], max_per_class: int | None = 16,
+def select_per_question(cands: Sequence[Candidate], max_per_class: int | None = PAPER_MAX_PER_CLASS,
                         balance: bool = True, seed: int = 0) -> list[Candidate]:
   """The verifier training set: per question, at most ``max_per_class`` correct and as many wrong
   candidates (None: no cap), drawn with ``seed``.
@@ -115,7 +141,8 @@ def select_per_question(cands: Sequence[Candidate], max_per_class: int | None = 
 
 
 def fill_negatives(cands: Sequence[Candidate], make: Callable[[Candidate, random.Random], Candidate],
-                   max_per_class: int | None = 16, seed: int = 0) -> list[Candidate]:
+                   max_per_class: int | None = PAPER_MAX_PER_CLASS, seed: int = 0
+                   ) -> list[Candidate]:
   """``cands`` plus, for every question with fewer wrong than correct candidates (up to
   ``max_per_class``), wrong ones made by ``make(a correct candidate, rng)`` to even the count.
 

@@ -6,6 +6,7 @@ planner can lower and compile the exact step the trainer runs for a mesh it does
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.struct
@@ -52,37 +53,47 @@ def abstract_params(cfg: ModelConfig, obj: objectives.ObjectiveConfig) -> dict:
   return out
 
 
-def state_shardings(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
-                    mesh: Mesh) -> TrainState:
-  """NamedShardings of every leaf of the train state; optimizer moments follow their params."""
-  p_shard = params_shardings(cfg, obj, mesh)
-  tx = optim.optimizer(opt)
-  opt_abstract = jax.eval_shape(tx.init, abstract_params(cfg, obj))
-  opt_shard = optax.tree_map_params(
-      tx, lambda _, s: s, opt_abstract, p_shard,
-      transform_non_params=lambda _: _replicated(mesh))
-  return TrainState(step=_replicated(mesh), params=p_shard, opt_state=opt_shard,
-                    ref_params=p_shard["model"] if obj.kind == "dpo" else None)
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """What a training run derives from its configs and mesh, built once (``make_setup``) and shared
+  by initialisation, restoring, the step and the planner."""
+  cfg: ModelConfig
+  obj: objectives.ObjectiveConfig
+  opt: optim.OptimConfig
+  mesh: Mesh
+  tx: optax.GradientTransformation
+  lr_at: optax.Schedule
+  state_shardings: TrainState  # a NamedSharding a leaf; optimizer moments follow their params
+  batch_shardings: dict[str, NamedSharding]
+  abstract_state: TrainState  # ShapeDtypeStructs carrying those shardings
 
 
-def abstract_state(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
-                   mesh: Mesh | None = None) -> TrainState:
-  """ShapeDtypeStructs of the train state (with shardings when ``mesh`` is given)."""
+def make_setup(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
+               mesh: Mesh) -> TrainSetup:
   tx = optim.optimizer(opt)
   params = abstract_params(cfg, obj)
-  state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                     opt_state=jax.eval_shape(tx.init, params),
-                     ref_params=params["model"] if obj.kind == "dpo" else None)
-  if mesh is None:
-    return state
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      state, state_shardings(cfg, obj, opt, mesh))
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                        opt_state=jax.eval_shape(tx.init, params),
+                        ref_params=params["model"] if obj.kind == "dpo" else None)
+  p_shard = params_shardings(cfg, obj, mesh)
+  opt_shard = optax.tree_map_params(
+      tx, lambda _, s: s, abstract.opt_state, p_shard,
+      transform_non_params=lambda _: _replicated(mesh))
+  shardings = TrainState(step=_replicated(mesh), params=p_shard, opt_state=opt_shard,
+                         ref_params=p_shard["model"] if obj.kind == "dpo" else None)
+  return TrainSetup(
+      cfg=cfg, obj=obj, opt=opt, mesh=mesh, tx=tx, lr_at=optim.schedule(opt),
+      state_shardings=shardings,
+      batch_shardings={name: sharding.batch_sharding(mesh, ndim)
+                       for name, ndim in objectives.BATCH_FIELDS[obj.kind].items()},
+      abstract_state=jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings))
 
 
-def init_state(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
-               mesh: Mesh, model_params: Any) -> TrainState:
-  """A fresh state around ``model_params`` (already sharded or host arrays), laid out on mesh."""
-  tx = optim.optimizer(opt)
+def init_state(setup: TrainSetup, model_params: Any) -> TrainState:
+  """A fresh state around ``model_params`` (already sharded or host arrays), laid out on the
+  setup's mesh."""
+  cfg, obj = setup.cfg, setup.obj
 
   def build(mp):
     params = {"model": mp}
@@ -90,17 +101,11 @@ def init_state(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.Opt
       params["head"] = objectives.init_head(cfg)
     # The reference is a copy taken before any update: DPO's frozen pi_ref.
     ref = jax.tree.map(jnp.copy, mp) if obj.kind == "dpo" else None
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ref_params=ref)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=setup.tx.init(params), ref_params=ref)
 
-  shardings = state_shardings(cfg, obj, opt, mesh)
-  with sharding.use_mesh(mesh):
-    return jax.jit(build, out_shardings=shardings)(model_params)
-
-
-def batch_shardings(kind: str, mesh: Mesh) -> dict[str, NamedSharding]:
-  return {name: sharding.batch_sharding(mesh, ndim)
-          for name, ndim in objectives.BATCH_FIELDS[kind].items()}
+  with sharding.use_mesh(setup.mesh):
+    return jax.jit(build, out_shardings=setup.state_shardings)(model_params)
 
 
 def _microbatches(batch: dict[str, jax.Array], accum: int) -> dict[str, jax.Array]:
@@ -118,8 +123,7 @@ def _microbatches(batch: dict[str, jax.Array], accum: int) -> dict[str, jax.Arra
   return jax.tree.map(split, batch)
 
 
-def make_train_step(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
-                    mesh: Mesh, grad_accum: int = 1) -> Callable:
+def make_train_step(setup: TrainSetup, grad_accum: int = 1) -> Callable:
   """The jitted ``step(state, batch) -> (state, metrics)``; the state argument is donated.
 
   Metrics (replicated fp32 scalars): loss, accuracy (NaN when the batch has nothing to score),
@@ -127,9 +131,8 @@ def make_train_step(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: opti
   """
   if grad_accum < 1:
     raise ValueError(f"grad_accum={grad_accum} must be >= 1")
-  tx = optim.optimizer(opt)
-  lr_at = optim.schedule(opt)
-  terms_fn = objectives.loss_terms_fn(obj, cfg)
+  mesh, tx, lr_at = setup.mesh, setup.tx, setup.lr_at
+  terms_fn = objectives.loss_terms_fn(setup.obj, setup.cfg)
 
   def grads_of(params, batch, ref):
     def f(p):
@@ -165,7 +168,6 @@ def make_train_step(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: opti
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new, metrics
 
-  s_shard = state_shardings(cfg, obj, opt, mesh)
   m_shard = {k: _replicated(mesh) for k in ("loss", "accuracy", "grad_norm", "lr")}
-  return jax.jit(step, in_shardings=(s_shard, batch_shardings(obj.kind, mesh)),
-                 out_shardings=(s_shard, m_shard), donate_argnums=(0,))
+  return jax.jit(step, in_shardings=(setup.state_shardings, setup.batch_shardings),
+                 out_shardings=(setup.state_shardings, m_shard), donate_argnums=(0,))

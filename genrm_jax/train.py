@@ -32,6 +32,7 @@ from genrm_jax import files
 from genrm_jax import model as model_lib
 from genrm_jax import objectives
 from genrm_jax import optim
+from genrm_jax import records
 from genrm_jax import sharding
 from genrm_jax import step as step_lib
 from genrm_jax import synthetic
@@ -54,6 +55,8 @@ class DataConfig:
   # SentencePiece model for the seqio tasks and the model directory; None: $GENRM_VOCAB, or the
   # starting checkpoint's tokenizer.
   vocab_path: str | None = None
+  # How the verifier mixtures are built: lambda, the per-question caps, a policy's candidates.
+  mixture: records.MixtureConfig = records.MixtureConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +98,14 @@ def model_config(preset: str = "tiny", **overrides) -> config_lib.ModelConfig:
 
 _GIN_CLASSES = {cls: gin.external_configurable(cls, cls.__name__)
                 for cls in (TrainConfig, DataConfig, optim.OptimConfig,
-                            objectives.ObjectiveConfig)}
+                            objectives.ObjectiveConfig, records.MixtureConfig)}
 
 
 def experiment_from_gin() -> Experiment:
   """The experiment the parsed gin bindings describe (defaults where nothing is bound)."""
   g = _GIN_CLASSES
-  return Experiment(model=model_config(), train=g[TrainConfig](), data=g[DataConfig](),
+  data = dataclasses.replace(g[DataConfig](), mixture=g[records.MixtureConfig]())
+  return Experiment(model=model_config(), train=g[TrainConfig](), data=data,
                     optim=g[optim.OptimConfig](), objective=g[objectives.ObjectiveConfig]())
 
 
@@ -192,7 +196,7 @@ def batches(exp: Experiment, mesh, start_batch: int, vocab_path: str | None
   else:
     import tasks  # pylint: disable=g-import-not-at-top
     from genrm_jax import data  # pylint: disable=g-import-not-at-top
-    tasks.register_all()  # applies gin bindings such as register_gsm8k.lam
+    tasks.register_all(exp.data.mixture)
     it = data.get_batches(exp.data.name, exp.data.split, vocab=vocab_path, **kw)
   for local in it:
     objectives.check_batch(exp.objective.kind, local)
@@ -219,8 +223,8 @@ def _save(mngr: ocp.CheckpointManager, state: step_lib.TrainState, exp: Experime
                                           meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def _restore(mngr: ocp.CheckpointManager, step: int, exp: Experiment, mesh
-             ) -> tuple[step_lib.TrainState, dict[str, Any]]:
+def _restore(mngr: ocp.CheckpointManager, step: int, exp: Experiment,
+             setup: step_lib.TrainSetup) -> tuple[step_lib.TrainState, dict[str, Any]]:
   where = f"workdir checkpoint {mngr.directory}/{step}"
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   _check_compatible(config_lib.ModelConfig.from_dict(meta["model"]), exp.model, where,
@@ -228,9 +232,8 @@ def _restore(mngr: ocp.CheckpointManager, step: int, exp: Experiment, mesh
   if meta["objective"] != exp.objective.kind:
     raise ValueError(f"{where} was trained with objective {meta['objective']!r}, not "
                      f"{exp.objective.kind!r}; refusing to resume")
-  abstract = step_lib.abstract_state(exp.model, exp.objective, exp.optim, mesh)
   state = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))["state"]
+      state=ocp.args.StandardRestore(setup.abstract_state)))["state"]
   return state, meta
 
 
@@ -260,20 +263,21 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   mngr = _manager(workdir, tc.keep_checkpoints)
   latest = mngr.latest_step()
+  setup = step_lib.make_setup(cfg, exp.objective, exp.optim, mesh)
   vocab_path = exp.data.vocab_path or os.environ.get("GENRM_VOCAB") or None
   if latest is not None:
-    state, meta = _restore(mngr, latest, exp, mesh)
+    state, meta = _restore(mngr, latest, exp, setup)
     vocab_path = vocab_path or meta.get("vocab_path")
   else:
     params, source_vocab = initial_model_params(exp, mesh)
     vocab_path = vocab_path or source_vocab
-    state = step_lib.init_state(cfg, exp.objective, exp.optim, mesh, params)
+    state = step_lib.init_state(setup, params)
     del params
   if vocab_path and exp.data.name != "synthetic":
     # Ids past the embedding would turn into NaN losses deep inside the step; say so up front.
     vocab_lib.check_fits(cfg.vocab_size, vocab_path, "model_config", max_padding=None)
   start = int(state.step)
-  train_step = step_lib.make_train_step(cfg, exp.objective, exp.optim, mesh, tc.grad_accum)
+  train_step = step_lib.make_train_step(setup, tc.grad_accum)
 
   stop = {"signal": None}
   # Signal handlers can only be installed from the main thread; elsewhere SIGTERM is left alone.
@@ -332,6 +336,38 @@ def write_model_dir(exp: Experiment, state: step_lib.TrainState, out: str,
 # ----------------------------------------------------------------------------- CLI
 
 
+def launch(exp: Experiment, workdir: str, config_gin: str) -> int:
+  """The trainer command's body (also the pipeline's training stages): writes ``config_gin`` (the
+  configuration, as gin) into ``workdir`` and trains; 1 if training diverged."""
+  if distributed.is_main():
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    files.write_atomic(os.path.join(workdir, "config.gin"), config_gin)
+  try:
+    result = run(exp, workdir)
+  except TrainingDivergedError as e:
+    print(f"error: training diverged: {e}", file=sys.stderr, flush=True)
+    return 1
+  if result.model_dir:
+    print(f"model directory: {result.model_dir}", flush=True)
+  return 0
+
+
+def bindings_between(base: Experiment, exp: Experiment) -> list[str]:
+  """Gin bindings that turn the experiment of some gin files, ``base``, into ``exp``."""
+  out = []
+  for part, name in (("model", "model_config"), ("train", "TrainConfig"), ("data", "DataConfig"),
+                     ("optim", "OptimConfig"), ("objective", "ObjectiveConfig"),
+                     ("data.mixture", "MixtureConfig")):
+    a, b = base, exp
+    for attr in part.split("."):
+      a, b = getattr(a, attr), getattr(b, attr)
+    for f in dataclasses.fields(b):
+      value = getattr(b, f.name)
+      if f.name != "mixture" and value != getattr(a, f.name):
+        out.append(f"{name}.{f.name} = {value!r}")
+  return out
+
+
 def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(prog="python -m genrm_jax.train", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -344,18 +380,7 @@ def main(argv: list[str] | None = None) -> int:
   def run_command() -> int:
     distributed.initialize_from_flags(args)
     cli.parse_gin(args.gin_file, args.gin_bindings)
-    exp = experiment_from_gin()
-    if distributed.is_main():
-      epath.Path(args.workdir).mkdir(parents=True, exist_ok=True)
-      files.write_atomic(os.path.join(args.workdir, "config.gin"), gin.operative_config_str())
-    try:
-      result = run(exp, args.workdir)
-    except TrainingDivergedError as e:
-      print(f"error: training diverged: {e}", file=sys.stderr, flush=True)
-      return 1
-    if result.model_dir:
-      print(f"model directory: {result.model_dir}", flush=True)
-    return 0
+    return launch(experiment_from_gin(), args.workdir, gin.operative_config_str())
 
   return cli.main(run_command)
 

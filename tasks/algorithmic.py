@@ -14,10 +14,10 @@ from genrm_jax import records
 SPLITS = ("train", "validation", "test")
 
 
-def register_algorithmic(task: str, lam: float = 1 / 3, problems_per_length: int = 350,
+def register_algorithmic(task: str, lam: float | None = None, problems_per_length: int = 350,
                          samples_per_problem: int = 4, error_rate: float = 0.5,
                          seed: int = 0) -> list[str]:
-  """Registers the ``<task>_*`` tasks and mixtures; lambda 1/3 as in the paper.
+  """Registers the ``<task>_*`` tasks and mixtures; lambda: the paper's unless given.
 
   Each split holds ``problems_per_length`` problems of each of its lengths (train/validation 2-4
   words, test 6 or 5) and ``samples_per_problem`` synthetic candidates a problem.
@@ -27,13 +27,16 @@ def register_algorithmic(task: str, lam: float = 1 / 3, problems_per_length: int
                             seed=seed)
   gold = functools.partial(word_puzzles.gold_candidates, task,
                            problems_per_length=problems_per_length, seed=seed)
-  return data.register_genrm_tasks(task, cands, word_puzzles.INSTRUCTIONS[task], SPLITS, lam=lam,
+  return data.register_genrm_tasks(task, cands, word_puzzles.INSTRUCTIONS[task], SPLITS,
+                                   lam=records.PAPER_LAMBDA[task] if lam is None else lam,
                                    gold=gold, seed=seed)
 
 
-# Registered under unlock: the trainer may import tasks after gin has locked its config.
+# Registered under unlock: the trainer may import tasks after gin has locked its config. The
+# mixture settings come from DataConfig.mixture (tasks.register_all), not from gin bindings here.
+MIXTURE_ARGS = ("lam", "max_per_class", "balance", "candidates_file", "rationale_style", "task")
 with gin.unlock_config():
-  register_algorithmic = gin.configurable(register_algorithmic)
+  register_algorithmic = gin.configurable(register_algorithmic, denylist=["lam"])
 
 for _task in word_puzzles.TASKS:
   register_algorithmic(_task)
@@ -65,9 +68,10 @@ def register_policy_sft(task: str, lengths: tuple[int, ...] = (2, 3, 4, 5, 6),
 
 def register_policy_candidates(task: str = word_puzzles.LAST_LETTERS,
                                candidates_file: str | None = None, src: str = "policy",
-                               lam: float = 1 / 3, problems_per_length: int = 350,
-                               max_per_class: int | None = 16, balance: bool = True,
-                               rationale_style: str = "check", seed: int = 0) -> list[str]:
+                               lam: float | None = None, problems_per_length: int = 350,
+                               max_per_class: int | None = records.PAPER_MAX_PER_CLASS,
+                               balance: bool = True, rationale_style: str = "check",
+                               seed: int = 0) -> list[str]:
   """``<src>_*`` verifier tasks from candidates sampled from a policy (a candidates JSONL).
 
   Each candidate gets the programmatic step-by-step rationale of ``word_puzzles.rationale``; the
@@ -93,12 +97,14 @@ def register_policy_candidates(task: str = word_puzzles.LAST_LETTERS,
   gold = functools.partial(word_puzzles.gold_candidates, task,
                            problems_per_length=problems_per_length, seed=seed)
   return data.register_genrm_tasks(src, cands, word_puzzles.INSTRUCTIONS[task], ("train",),
-                                   lam=lam, gold=gold, seed=seed)
+                                   lam=records.PAPER_LAMBDA[task] if lam is None else lam,
+                                   gold=gold, seed=seed)
 
 
 with gin.unlock_config():
   register_policy_sft = gin.configurable(register_policy_sft)
-  register_policy_candidates = gin.configurable(register_policy_candidates)
+  register_policy_candidates = gin.configurable(register_policy_candidates,
+                                                denylist=MIXTURE_ARGS)
 
 for _task in word_puzzles.TASKS:
   register_policy_sft(_task)

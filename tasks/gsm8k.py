@@ -27,6 +27,7 @@ from genrm_jax import gsm8k_release
 from genrm_jax import records
 
 DATA_ENV = "GENRM_DATA_DIR"
+MIXTURE_ARGS = ("lam", "max_per_class", "balance")
 SPLITS = ("train", "validation")
 
 
@@ -41,10 +42,11 @@ def _root(data_dir: str | None) -> str:
   return crit
 
 
-def register_gsm8k(data_dir: str | None = None, lam: float = 0.25, heldout_fraction: float = 0.05,
-                   max_per_class: int | None = 16, balance: bool = True, skip_bad: bool = False,
-                   seed: int = 0) -> list[str]:
-  """Registers the ``gsm8k_*`` tasks and mixtures (lambda 1/4 as in the paper)."""
+def register_gsm8k(data_dir: str | None = None, lam: float = records.PAPER_LAMBDA["gsm8k"],
+                   heldout_fraction: float = gsm8k_release.HELDOUT_FRACTION,
+                   max_per_class: int | None = records.PAPER_MAX_PER_CLASS, balance: bool = True,
+                   skip_bad: bool = False, seed: int = 0) -> list[str]:
+  """Registers the ``gsm8k_*`` tasks and mixtures (by default with the paper's lambda and cap)."""
 
   @functools.lru_cache(maxsize=None)
   def val_questions() -> frozenset[str]:
@@ -84,12 +86,14 @@ def register_gsm8k(data_dir: str | None = None, lam: float = 0.25, heldout_fract
                                    gold=gold, cot=cot, seed=seed)
 
 
-# Registered under unlock: the trainer may import tasks after gin has locked its config.
+# Registered under unlock: the trainer may import tasks after gin has locked its config. The
+# mixture settings come from DataConfig.mixture (tasks.register_all), not from gin bindings here.
 with gin.unlock_config():
-  register_gsm8k = gin.configurable(register_gsm8k)
+  register_gsm8k = gin.configurable(register_gsm8k, denylist=MIXTURE_ARGS)
 
 def register_candidate_tasks(src: str, path: str, *, gsm8k_jsonl: str | None = None,
-                             instruction: str = formats.GSM8K_INSTRUCTION, lam: float = 0.25,
+                             instruction: str = formats.GSM8K_INSTRUCTION,
+                             lam: float = records.PAPER_LAMBDA["gsm8k"],
                              heldout_fraction: float = 0.0, skip_bad: bool = False,
                              seed: int = 0) -> list[str]:
   """Registers ``<src>_*`` tasks from a candidates JSONL (e.g. sampled from a policy).

@@ -117,14 +117,20 @@ def test_mixture_proportions_match_lambda(vocab, task, lam):
   assert abs(frac_correct - p) < 4 * np.sqrt(p * (1 - p) / n), frac_correct
 
 
-def test_lambda_is_settable_through_gin(vocab):
+def test_lambda_is_set_by_the_data_config(vocab):
   import gin  # pylint: disable=g-import-not-at-top
-  gin.parse_config("register_algorithmic.lam = 1.0")
+  from genrm_jax import cli, train  # pylint: disable=g-import-not-at-top
+  cli.parse_gin([], ["MixtureConfig.lam = 1.0"])
   try:
-    tasks.register_all()
+    exp = train.experiment_from_gin()
+    assert exp.data.mixture == records.MixtureConfig(lam=1.0)
+    tasks.register_all(exp.data.mixture)
     it = data.tokenized_examples("last_letters_genrm", "train", seed=2, vocab=vocab)
     frac = 1 - np.mean([next(it)["verdict"] for _ in range(1000)])
     assert abs(frac - 0.5) < 0.07
+    # One place for lambda: the registration functions refuse it from gin.
+    with pytest.raises(ValueError, match="lam"):
+      cli.parse_gin([], ["import tasks", "register_algorithmic.lam = 1.0"])
   finally:
     gin.clear_config()
     for task in word_puzzles.TASKS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import os
@@ -260,3 +261,17 @@ def test_interrupted_runs_resume_to_the_same_parameters(tmp_path):
 
   for got in (_params(term), _params(kill)):
     jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_a_run_builds_its_optimizer_and_shardings_once(tmp_path, monkeypatch):
+  """Init, restore, the step and its shardings share one training setup."""
+  from genrm_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+  calls = collections.Counter()
+  for module, name in ((optim, "optimizer"), (step_lib, "params_shardings")):
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: (
+        calls.update([_name]), _real(*a, **k))[1])
+  for steps in (2, 4):  # a fresh run, then one resumed from its checkpoint
+    calls.clear()
+    train.run(_exp("dpo", steps=steps), str(tmp_path), mesh=_one_device_mesh())
+    assert calls == {"optimizer": 1, "params_shardings": 1}, (steps, calls)
