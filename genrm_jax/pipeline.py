@@ -18,6 +18,8 @@ gin files from ``gin_configs/pipeline/``, with its outputs in one run folder:
                                initialised from the policy, as the paper fine-tunes its base LM)
   g. ``eval/``                 ``genrm_jax.eval``: Best-of-N table, diagnostics, results.json,
                                best_of_n.png, accuracy_vs_tokens.png, reliability.png
+  h, i. ``eval_<L>_words/``    with ``longer_test_length`` L: the same on a second test pool of
+                               L-word problems, longer than any verifier's training problem
 
 A stage whose output exists is skipped, so an interrupted pipeline resumes where it stopped (the
 trainer itself resumes from its checkpoints). Same seed, same table.
@@ -90,6 +92,9 @@ class PipelineConfig:
   # reached pass@1 of 11% and 1% at 6 words, but 19% and 12% at 5. Test problems are held out
   # at any length.
   test_length: int = 5
+  # A second test pool (0: none) of problems longer than any verifier saw: the paper's split
+  # (train on 2-4 words, test last letters at 6), evaluated into eval_<L>_words/.
+  longer_test_length: int = 0
   num_samples: int = 16
   temperature: float = 0.7
   # Verifier training data: train_samples samples of train_problems_per_length training problems
@@ -173,15 +178,30 @@ class Runner:
       args += ["--gin_bindings", b]
     return args + ["--workdir", workdir]
 
-  def generate_args(self, split: str, problems: int, samples: int, out: str) -> list[str]:
+  def generate_args(self, split: str, problems: int, samples: int, out: str,
+                    test_length: int | None = None) -> list[str]:
     pc = self.pc
-    extra = (["--test_length", str(pc.test_length)] if split == "test" else
+    extra = (["--test_length", str(test_length or pc.test_length)] if split == "test" else
              ["--lengths", ",".join(map(str, pc.verifier_lengths))])
     return ["--checkpoint", self.path("policy", "model"), "--task", pc.task, "--split", split,
             *extra,
             "--num_problems", str(problems), "--num_samples", str(samples),
             "--temperature", str(pc.temperature), "--max_new_tokens",
             str(pc.max_solution_tokens), "--seed", str(pc.seed), "--out", out]
+
+  def eval_args(self, specs: Sequence[VerifierSpec], candidates: str, out: str) -> list[str]:
+    pc = self.pc
+    args = ["--task", pc.task, "--candidates", candidates, "--out", out,
+            "--cot_votes", str(pc.cot_votes), "--seed", str(pc.seed), "--overwrite"]
+    for b in ("ScoringConfig.rationale = @SamplerConfig()",
+              f"SamplerConfig.max_new_tokens = {pc.max_rationale_tokens}",
+              f"SamplerConfig.temperature = {pc.rationale_temperature}",
+              f"SamplerConfig.stop_strings = ({self.rationale_stop()!r},)"):
+      args += ["--gin_bindings", b]
+    for spec in specs:
+      args += ["--verifier",
+               f"{spec.name}={self.path('verifiers', spec.name, 'model')}:{spec.method}"]
+    return args
 
   def rationale_stop(self) -> str:
     """Where a sampled rationale stops: at the verdict question, which the scorer then feeds. With
@@ -260,18 +280,18 @@ class Runner:
                       *_schedule(pc.verifier_steps), *spec.bindings,
                       f"TrainConfig.init_from = 'genrm:{self.path('policy')}'"])))
     eval_dir = self.path("eval")
-    eval_args = ["--task", pc.task, "--candidates", test_cands, "--out", eval_dir,
-                 "--cot_votes", str(pc.cot_votes), "--seed", str(pc.seed), "--overwrite"]
-    for b in ("ScoringConfig.rationale = @SamplerConfig()",
-              f"SamplerConfig.max_new_tokens = {pc.max_rationale_tokens}",
-              f"SamplerConfig.temperature = {pc.rationale_temperature}",
-              f"SamplerConfig.stop_strings = ({self.rationale_stop()!r},)"):
-      eval_args += ["--gin_bindings", b]
-    for spec in specs:
-      eval_args += ["--verifier",
-                    f"{spec.name}={self.path('verifiers', spec.name, 'model')}:{spec.method}"]
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
-               lambda: eval_lib.main(eval_args))
+               lambda: eval_lib.main(self.eval_args(specs, test_cands, eval_dir)))
+    if pc.longer_test_length:
+      longer = pc.longer_test_length
+      longer_cands = self.path(f"test_candidates_{longer}_words.jsonl")
+      self.stage(f"h. sample test candidates of {longer} words", longer_cands,
+                 lambda: generate.main(self.generate_args("test", pc.test_problems,
+                                                          pc.num_samples, longer_cands, longer)))
+      longer_dir = self.path(f"eval_{longer}_words")
+      self.stage(f"i. Best-of-N evaluation at {longer} words (the paper's split)",
+                 os.path.join(longer_dir, "results.json"),
+                 lambda: eval_lib.main(self.eval_args(specs, longer_cands, longer_dir)))
     with open(os.path.join(eval_dir, "results.json")) as f:
       results = json.load(f)
     with open(self.path("timings.json"), "w") as f:
