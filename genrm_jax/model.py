@@ -11,6 +11,7 @@ attention pattern, stacked over pattern repeats); ``unscan_params``/``scan_param
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -73,6 +74,53 @@ class RMSNorm(nn.Module):
     return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
 
 
+def _operands(spec: str) -> tuple[str, str, str]:
+  ins, out = spec.split("->")
+  x, w = ins.split(",")
+  return x, w, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def dense(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """``jnp.einsum(spec, x, w)`` of activations ``x`` and a weight ``w``, with a chosen backward.
+
+  The weight gradient contracts over the token axes, so one of its operands must be transposed
+  to the dot's canonical layout. Left to itself, XLA (CPU) transposes the upstream gradient, even
+  when it is the wider one (the [B, T, F] MLP gradient, 4x the [B, T, D] input); here the
+  operand with fewer non-token elements goes first, and is the one transposed. Same values.
+  """
+  return jnp.einsum(spec, x, w)
+
+
+def _dense_fwd(spec, x, w):
+  return jnp.einsum(spec, x, w), (x, w)
+
+
+def _dense_bwd(spec, res, g):
+  x, w = res
+  xs, ws, out = _operands(spec)
+  dx = jnp.einsum(f"{out},{ws}->{xs}", g, w)
+  x_free = math.prod(n for a, n in zip(xs, x.shape) if a in ws)
+  g_free = math.prod(n for a, n in zip(out, g.shape) if a in ws)
+  s1, s2 = (xs, out) if x_free <= g_free else (out, xs)
+  first, second = (x, g) if x_free <= g_free else (g, x)
+  natural = "".join(a for a in s1 + s2 if a in ws)
+
+  def narrow_first():
+    # The dot's own output order (free axes of its first operand first); the barrier keeps XLA
+    # from folding the transpose to the weight's order back into the dot by swapping operands.
+    dw = jax.lax.optimization_barrier(jnp.einsum(f"{s1},{s2}->{natural}", first, second))
+    return jnp.einsum(f"{natural}->{ws}", dw)
+
+  # TPU and GPU compilers pick dot layouts themselves; only CPU gets the fixed order.
+  dw = jax.lax.platform_dependent(
+      cpu=narrow_first, default=lambda: jnp.einsum(f"{xs},{out}->{ws}", x, g))
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
   """Rotary embedding on [B, T, heads, H], rotating the two halves of H (Gemma's layout)."""
   h = x.shape[-1]
@@ -106,8 +154,12 @@ class Attention(nn.Module):
     wo = _Weight(cfg, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5,
                  name="attn_vec_einsum")()
 
-    q = jnp.einsum("BTD,NDH->BTNH", x, wq.astype(dt))
-    kk, vv = jnp.einsum("BTD,CKDH->CBTKH", x, wkv.astype(dt))
+    q = dense("BTD,NDH->BTNH", x, wq.astype(dt))
+    # One einsum per stacked weight, each in the dot's natural output order: a stacked
+    # "CBTKH" output is a transpose of the activations, and slicing it makes the backward pad
+    # and add (the profile of a CPU train step showed both).
+    kk = dense("BTD,KDH->BTKH", x, wkv[0].astype(dt))
+    vv = dense("BTD,KDH->BTKH", x, wkv[1].astype(dt))
     q = apply_rope(q, positions, cfg.rope_base) * jnp.asarray(cfg.query_scale, dt)
     kk = apply_rope(kk, positions, cfg.rope_base)
     q = sharding.constrain(q, ("batch", "length", "act_heads", None))
@@ -125,12 +177,14 @@ class Attention(nn.Module):
 
     b, t = q.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, kk).astype(jnp.float32)
+    # [B, K, T, G, S] is the batched dot's own output order (batch, lhs free, rhs free): no
+    # transpose of the largest activation, forward or backward.
+    logits = jnp.einsum("BTKGH,BSKH->BKTGS", qg, kk).astype(jnp.float32)
     logits = soft_cap(logits, cfg.attn_logits_soft_cap)
-    logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+    logits = jnp.where(mask[:, None, :, None, :], logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    enc = jnp.einsum("BKGTS,BSKH->BTKGH", probs, vv).reshape(b, t, n, h)
-    out = jnp.einsum("BTNH,NHD->BTD", enc, wo.astype(dt))
+    enc = jnp.einsum("BKTGS,BSKH->BTKGH", probs, vv).reshape(b, t, n, h)
+    out = dense("BTNH,NHD->BTD", enc, wo.astype(dt))
     return out, cache
 
 
@@ -145,10 +199,12 @@ class MLP(nn.Module):
                 (2, cfg.hidden_dim, cfg.embed_dim), ("stack", "hidden", "embed"), cfg)
     wl = _param(self, "linear", nn.initializers.normal(stddev=cfg.hidden_dim ** -0.5),
                 (cfg.hidden_dim, cfg.embed_dim), ("hidden", "embed"), cfg)
-    gate, up = jnp.einsum("BTD,CFD->CBTF", x, wg.astype(dt))
+    # Two einsums rather than one "CBTF" output: see the k/v projections in Attention.
+    gate = dense("BTD,FD->BTF", x, wg[0].astype(dt))
+    up = dense("BTD,FD->BTF", x, wg[1].astype(dt))
     hid = jax.nn.gelu(gate, approximate=True) * up
     hid = sharding.constrain(hid, ("batch", "length", "act_hidden"))
-    return jnp.einsum("BTF,FD->BTD", hid, wl.astype(dt))
+    return dense("BTF,FD->BTD", hid, wl.astype(dt))
 
 
 class Block(nn.Module):
@@ -212,7 +268,8 @@ class Transformer(nn.Module):
   with a cache (from ``init_cache``) the T new keys are written at slots ``cache['end']`` onward
   and queries attend to every filled slot at an earlier or equal position.
   Returns (logits float32 [B, T, V], new cache or None), plus the final hidden states
-  [B, T, D] when ``return_hidden``.
+  [B, T, D] when ``return_hidden``. ``hidden_states`` stops before the unembedding, for callers
+  that need the logits of a few positions only (``genrm_jax.logits``).
   """
 
   cfg: ModelConfig
@@ -240,12 +297,18 @@ class Transformer(nn.Module):
     return sharding.constrain(x, ("batch", "length", "act_embed"))
 
   def unembed(self, hidden):
-    logits = jnp.einsum("BTD,VD->BTV", hidden, self.embedder.input_embedding.astype(hidden.dtype))
-    logits = soft_cap(logits.astype(jnp.float32), self.cfg.final_logit_soft_cap)
-    return sharding.constrain(logits, ("batch", "length", "act_vocab"))
+    return unembed(self.cfg, self.embedder.input_embedding, hidden)
 
   def __call__(self, tokens, positions, segment_ids=None, cache: Cache | None = None,
                return_hidden: bool = False):
+    hidden, new_cache = self.hidden_states(tokens, positions, segment_ids, cache)
+    logits = self.unembed(hidden)
+    if return_hidden:
+      return logits, new_cache, hidden
+    return logits, new_cache
+
+  def hidden_states(self, tokens, positions, segment_ids=None, cache: Cache | None = None):
+    """(final-norm hidden states [B, T, D], new cache or None): ``__call__`` without logits."""
     cfg = self.cfg
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
@@ -268,14 +331,17 @@ class Transformer(nn.Module):
       for i, block in enumerate(self.blocks):
         x, kv = block(x, positions, masks, kv, i, write_index)
 
-    hidden = self.final_norm(x)
-    logits = self.unembed(hidden)
     new_cache = None
     if cache is not None:
       new_cache = dict(kv, pos=k_pos, end=write_index + tokens.shape[1])
-    if return_hidden:
-      return logits, new_cache, hidden
-    return logits, new_cache
+    return self.final_norm(x), new_cache
+
+
+def unembed(cfg: ModelConfig, embedding: jax.Array, hidden: jax.Array) -> jax.Array:
+  """float32 logits [B, T, V] of hidden states [B, T, D] through the tied embedding [V, D]."""
+  logits = dense("BTD,VD->BTV", hidden, embedding.astype(hidden.dtype))
+  logits = soft_cap(logits.astype(jnp.float32), cfg.final_logit_soft_cap)
+  return sharding.constrain(logits, ("batch", "length", "act_vocab"))
 
 
 def attention_masks(cfg: ModelConfig, q_pos, q_seg, k_pos, k_valid, k_seg):
