@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genrm_jax import logits as logits_lib
 from genrm_jax import model as model_lib
 from genrm_jax import sharding
 from genrm_jax.config import ModelConfig
@@ -208,23 +209,22 @@ def _extend(params, cache, parent, tokens, positions, segment_ids, last_index, r
   TRACES["extend"] += 1
   with _mesh_ctx(mesh):
     cache = _constrain_cache(_grow(_rows(cache, parent), tokens.shape[1]), mesh)
-    transformer = model_lib.Transformer(cfg)
-    # The [M, T, V] logits of the forward are unused (XLA drops them): only the rows' last
-    # positions are unembedded, which matters with Gemma's 256k vocabulary.
-    _, cache, hidden = transformer.apply(
-        {"params": params}, tokens, positions, segment_ids, cache=cache, return_hidden=True)
+    # Only the rows' last positions are unembedded (with Gemma's 256K vocabulary, the [M, T, V]
+    # logits of a long block would dwarf everything else).
+    hidden, cache = model_lib.Transformer(cfg).apply(
+        {"params": params}, tokens, positions, segment_ids, cache=cache,
+        method=model_lib.Transformer.hidden_states)
     cache = _constrain_cache(cache, mesh)
-    unembed = lambda h: transformer.apply({"params": params}, h,  # noqa: E731
-                                          method=model_lib.Transformer.unembed)
-    last_hidden = hidden[jnp.arange(tokens.shape[0]), last_index]  # [M, D]
-    last_logits = unembed(last_hidden[:, None])[:, 0]  # [M, V]
+    embedding = params["embedder"]["input_embedding"]
+    last_hidden = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)  # [M, 1, D]
+    last_logits = model_lib.unembed(cfg, embedding, last_hidden)[:, 0]  # [M, V]
     out = {"last_logits": last_logits,
            "read_logprobs": jnp.take(jax.nn.log_softmax(last_logits), read_ids, axis=-1),
-           "last_hidden": last_hidden.astype(jnp.float32)}
+           "last_hidden": last_hidden[:, 0].astype(jnp.float32)}
     if token_logprobs:
       # log p(tokens[:, t+1] | ..., tokens[:, t]) for t < T-1.
-      lp = jax.nn.log_softmax(unembed(hidden[:, :-1]))
-      out["token_logprobs"] = jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
+      out["token_logprobs"] = logits_lib.token_stats(cfg, embedding, hidden[:, :-1],
+                                                     tokens[:, 1:]).logprob
     return cache, out
 
 

@@ -1,0 +1,58 @@
+"""Peak memory of a train step with chunked vs whole-sequence logits (XLA's compiled stats).
+
+    python benchmarks/bench_memory.py [--vocab 262144] [--batch 8] [--seq 256]
+
+Compiles ``step.make_train_step`` (LM objective, AdamW, fp32, one CPU device) for the ``tiny``
+config with a Gemma-3-sized vocabulary twice: unembedding all positions at once
+(``ObjectiveConfig.logits_chunk = seq``, the [B, T, V] float32 logits exist) and in the default
+chunks (``genrm_jax.logits``), and prints XLA's temporary and total bytes of each beside the size
+of the full logits. Nothing runs; compile only.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+
+from genrm_jax import config, logits, objectives, optim, sharding, step
+
+MiB = 2 ** 20
+
+
+def compiled_bytes(cfg, obj, batch: int, seq: int) -> tuple[int, int]:
+  """(temporary bytes, arguments + outputs + temporaries - aliased) of one compiled step."""
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  opt = optim.OptimConfig()
+  state = step.abstract_state(cfg, obj, opt, mesh)
+  data = objectives.abstract_batch("lm", batch, seq, step.batch_shardings("lm", mesh))
+  mem = step.make_train_step(cfg, obj, opt, mesh).lower(state, data).compile().memory_analysis()
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+           - mem.alias_size_in_bytes)
+  return mem.temp_size_in_bytes, total
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--vocab", type=int, default=262_144)
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--seq", type=int, default=256)
+  args = ap.parse_args()
+  cfg = config.tiny(vocab_size=args.vocab)
+  full = args.batch * args.seq * args.vocab * 4
+  print(f"tiny config, vocabulary {args.vocab:,}, batch {args.batch} x {args.seq}; the fp32 "
+        f"logits [B, T, V] are {full / MiB:,.0f} MiB")
+  rows = {}
+  for name, chunk in (("whole sequence", args.seq), ("chunked (default)", 0)):
+    temp, total = compiled_bytes(cfg, objectives.ObjectiveConfig("lm", logits_chunk=chunk),
+                                 args.batch, args.seq)
+    rows[name] = total
+    shown = chunk or logits.default_chunk(cfg)
+    print(f"  {name:<18} {min(shown, args.seq):>5} positions a piece: temporaries "
+          f"{temp / MiB:8,.0f} MiB, peak {total / MiB:8,.0f} MiB")
+  saved = rows["whole sequence"] - rows["chunked (default)"]
+  print(f"  peak falls by {saved / MiB:,.0f} MiB = {saved / full:.2f}x the logits' size")
+
+
+if __name__ == "__main__":
+  main()
