@@ -390,7 +390,21 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{HBM_BUDGET:.0%} of HBM with the least recomputation, then the fewest micro-batches"
           if chosen else
           "\nnothing fits: raise --grad_accum, use remat full, or a larger slice")
+    if chosen and chosen.spec.grad_accum > 1:
+      print(one_micro_batch(plans, chosen))
   return 0 if plans else 1
+
+
+def one_micro_batch(plans: Sequence[Plan], chosen: Plan) -> str:
+  """Whether any searched plan fits the whole batch in one micro-batch, and with which remat."""
+  single = [p for p in plans if p.fits and p.spec.grad_accum == 1]
+  if not single:
+    return "no remat policy fits the batch in one micro-batch"
+  p = min(single, key=lambda p: RECOMPUTE[p.spec.remat])
+  return (f"one micro-batch fits with remat {p.spec.remat} ({p.compiled_total_bytes / GiB:.2f} "
+          f"of {p.hbm_bytes / GiB:.0f} GiB per chip), at "
+          f"{RECOMPUTE[p.spec.remat] / RECOMPUTE[chosen.spec.remat]:.2f}x the chosen plan's "
+          "matmul work")
 
 
 if __name__ == "__main__":

@@ -277,7 +277,7 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, num_real, *, cfg:
 
     tok, lp = _pick(logits0, jax.random.fold_in(rng, 0), spec)
     tokens = jnp.zeros((b, n), jnp.int32).at[:, 0].set(tok)
-    state = {"cache": cache, "tokens": tokens,
+    state = {"cache": cache, "tokens": tokens, "last_logits": logits0,
              "logprobs": jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp),
              "num": jnp.ones((b,), jnp.int32),
              # Bucket padding rows start done, so they never keep the loop running.
@@ -293,17 +293,31 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, num_real, *, cfg:
       logits, c = transformer.apply({"params": params}, prev, (pos0 + step - 1)[:, None],
                                     jnp.ones_like(prev), cache=s["cache"])
       tok, lp = _pick(logits[:, 0], jax.random.fold_in(rng, step), spec)
+      last_logits = jnp.where(s["done"][:, None], s["last_logits"], logits[:, 0])
       tok = jnp.where(s["done"], 0, tok)
       lp = jnp.where(s["done"], 0.0, lp)
       tokens = jax.lax.dynamic_update_slice_in_dim(s["tokens"], tok[:, None], step, axis=1)
       logprobs = jax.lax.dynamic_update_slice_in_dim(s["logprobs"], lp[:, None], step, axis=1)
-      return {"cache": _constrain_cache(c, mesh), "tokens": tokens, "logprobs": logprobs,
+      return {"cache": _constrain_cache(c, mesh), "tokens": tokens, "last_logits": last_logits,
+              "logprobs": logprobs,
               "num": jnp.where(s["done"], s["num"], step + 1),
               "done": s["done"] | _stopped(tokens, step, spec), "step": step + 1}
 
     s = jax.lax.while_loop(cond, body, state)
-    return {"tokens": s["tokens"], "logprobs": s["logprobs"], "num": s["num"],
-            "done": s["done"]}
+    # The cache keeps each row's sampled tokens but its last (never fed back); slots written
+    # after a row stopped (its padding tokens) are forgotten, and last_logits follow the last
+    # kept token: a Prefix over the prompts and their completions.
+    next_pos = pos0 + s["num"] - 1
+    cache = dict(s["cache"], pos=jnp.where(s["cache"]["pos"] >= next_pos[:, None], -1,
+                                           s["cache"]["pos"]))
+    return cache, {"tokens": s["tokens"], "logprobs": s["logprobs"], "num": s["num"],
+                   "done": s["done"], "last_logits": s["last_logits"], "next_pos": next_pos}
+
+
+@jax.jit
+def _rewind(cache, next_pos, drop):
+  keep = next_pos - drop
+  return dict(cache, pos=jnp.where(cache["pos"] >= keep[:, None], -1, cache["pos"])), keep
 
 
 # ----------------------------------------------------------------------------- host-side API
@@ -313,7 +327,8 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, num_real, *, cfg:
 class Prefix:
   """A cache over ``num_rows`` real rows (plus bucket padding rows) and each row's next input."""
   cache: dict[str, jax.Array]
-  last_logits: jax.Array  # [rows, V] logits after each row's last token
+  # [rows, V] logits after each row's last token; None after ``rewind`` (extend, then decode).
+  last_logits: jax.Array | None
   next_pos: np.ndarray  # [rows] position of each row's next token
   num_rows: int
 
@@ -387,11 +402,18 @@ class Completion:
 
 
 def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], codec: Codec,
-           sampler_cfg: SamplerConfig, seed: int, mesh=None) -> list[Completion]:
-  """Samples one completion per entry of ``parent`` (a row of ``prefix``; repeats share it)."""
+           sampler_cfg: SamplerConfig, seed: int, mesh=None, return_prefix: bool = False):
+  """Samples one completion per entry of ``parent`` (a row of ``prefix``; repeats share it).
+
+  Returns the completions or, with ``return_prefix``, also the Prefix of the sampled rows: row i
+  holds its parent's tokens and every token of completion i but the last (the one that stopped
+  it, never fed back), so that scoring a completion extends this cache instead of recomputing it.
+  """
   if not parent or max(parent) >= prefix.num_rows:
     raise ValueError(f"decode: parents {min(parent, default=None)}..{max(parent, default=None)}"
                      f" outside the {prefix.num_rows} rows of the prefix")
+  if prefix.last_logits is None:
+    raise ValueError("decode: the prefix was rewound; extend it by at least one token first")
   sc = sampler_cfg
   spec = _DecodeSpec(sc.max_new_tokens, float(sc.temperature), sc.top_k, float(sc.top_p),
                      tuple(sorted({codec.eos_id, *sc.stop_token_ids})),
@@ -400,9 +422,10 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
   rows = bucket(len(parent), sc.batch_buckets, _row_multiple(mesh))
   par = np.zeros((rows,), np.int32)
   par[:len(parent)] = parent
-  out = _decode(params, prefix.cache, _put_rows(par, mesh), prefix.last_logits,
-                jnp.asarray(prefix.next_pos), jax.random.key(seed), len(parent), cfg=cfg,
-                mesh=mesh, spec=spec)
+  cache, out = _decode(params, prefix.cache, _put_rows(par, mesh), prefix.last_logits,
+                       jnp.asarray(prefix.next_pos), jax.random.key(seed), len(parent), cfg=cfg,
+                       mesh=mesh, spec=spec)
+  last_logits = out.pop("last_logits")
   out = jax.device_get(out)
   result = []
   for i in range(len(parent)):
@@ -416,7 +439,21 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
       text, stopped = text[:min(cuts)], True
     result.append(Completion(text, ids, out["logprobs"][i, :n].tolist(),
                              "stop" if stopped else "length"))
+  if return_prefix:
+    return result, Prefix(cache, last_logits, out["next_pos"], len(parent))
   return result
+
+
+def rewind(prefix: Prefix, drop: Sequence[int]) -> Prefix:
+  """Forgets the last ``drop[i]`` tokens of each row i (e.g. sampled tokens that a text cut
+  removed); their slots stay but are never attended again. The rewound rows' logits are unknown
+  until an ``extend``."""
+  d = np.zeros(len(prefix.next_pos), np.int32)
+  d[:len(drop)] = drop
+  if np.any(d < 0) or np.any(d > prefix.next_pos):
+    raise ValueError(f"rewind: drops {list(drop)} outside 0..the row's length")
+  cache, keep = _rewind(prefix.cache, jnp.asarray(prefix.next_pos), jnp.asarray(d))
+  return Prefix(cache, None, np.asarray(keep), prefix.num_rows)
 
 
 def sample(cfg: ModelConfig, params, vocab: Any, prompts: Sequence[str],

@@ -12,8 +12,9 @@
 Sequences are tokenized as the training pipeline builds them (``[BOS] + encode(inputs) +
 encode(target)``). Work is shared through the KV cache (``sampler.extend``): within a chunk, the
 longest common token prefix of one question's sequences (instruction + question) is prefilled once
-and extended per solution; the K rationales of a solution are sampled from, and scored on, that
-solution's cache. ``share_prefix=False`` computes every row from scratch (same numbers).
+and extended per solution; the K rationales of a solution are sampled from that solution's cache,
+and each is scored by extending its own decode cache with the verdict question.
+``share_prefix=False`` computes every prompt from scratch (same numbers).
 """
 
 from __future__ import annotations
@@ -140,11 +141,18 @@ def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: i
       prefix, _, _ = _prefill(cfg, params, sub, None, None, share=False, read_ids=yes_no,
                               mesh=mesh)
       parent = list(range(len(sub)))
-    comps = sampler.decode(cfg, params, prefix, parent, codec, opts.rationale,
-                           seed=seed * 100_003 + c, mesh=mesh)
+    comps, sampled = sampler.decode(cfg, params, prefix, parent, codec, opts.rationale,
+                                    seed=seed * 100_003 + c, mesh=mesh, return_prefix=True)
     rationale = [formats.ensure_verdict_question(x.text) for x in comps]
-    _, out = sampler.extend(cfg, params, prefix, parent, [codec.encode(r) for r in rationale],
-                            read_ids=yes_no, mesh=mesh)
+    # p(Yes) is read after the rationale's own tokenization. The decode cache already holds
+    # the sampled tokens; the longest prefix that agrees with it is kept (at least the last
+    # token is fed again, for its logits) and only the rest (the verdict question, and
+    # whatever the text cut or re-tokenization changed) is extended.
+    final = [codec.encode(r) for r in rationale]
+    keep = [min(_lcp([x.token_ids[:-1], f]), len(f) - 1) for x, f in zip(comps, final)]
+    sampled = sampler.rewind(sampled, [len(x.token_ids) - 1 - n for x, n in zip(comps, keep)])
+    _, out = sampler.extend(cfg, params, sampled, list(range(len(comps))),
+                            [f[n:] for f, n in zip(final, keep)], read_ids=yes_no, mesh=mesh)
     p[chunk] = np.exp(out["read_logprobs"]).reshape(len(chunk), k, 2)
     for j, i in enumerate(chunk):
       texts[i] = rationale[j * k:(j + 1) * k]

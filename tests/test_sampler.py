@@ -109,6 +109,31 @@ def test_stop_token_and_stop_string(lm):
   assert c.text == codec.decode(ref[:j])
 
 
+def test_decode_prefix_and_rewind_equal_full_forwards(lm):
+  """The cache decode returns continues each row's completion; a rewound row forgets its tail."""
+  cfg, params = lm
+  codec = tiny_lm.char_codec(eos_id=1)
+  sc = sampler.SamplerConfig(9, temperature=1.0, stop_token_ids=(5, 7))
+  prefix, _ = sampler.extend(cfg, params, None, [0] * 3, PROMPTS)
+  parent = [0, 1, 2, 1]
+  comps, dec = sampler.decode(cfg, params, prefix, parent, codec, sc, seed=3, return_prefix=True)
+  assert len({len(c.token_ids) for c in comps}) > 1  # rows stopped at different steps
+  for i, c in enumerate(comps):
+    seen = PROMPTS[parent[i]] + c.token_ids[:-1]
+    np.testing.assert_allclose(dec.last_logits[i], tiny_lm.full_logits(cfg, params, seen)[-1],
+                               rtol=1e-4, atol=1e-4)
+  drop = [min(2, len(c.token_ids) - 1) for c in comps]
+  tails = [[9, 10], [11], [12, 13, 14], [4]]
+  _, out = sampler.extend(cfg, params, sampler.rewind(dec, drop), list(range(4)), tails,
+                          read_ids=(3, 8))
+  for i, c in enumerate(comps):
+    seq = PROMPTS[parent[i]] + c.token_ids[:len(c.token_ids) - 1 - drop[i]] + tails[i]
+    want = jax.nn.log_softmax(tiny_lm.full_logits(cfg, params, seq)[-1])[np.array([3, 8])]
+    np.testing.assert_allclose(out["read_logprobs"][i], want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="rewound"):
+    sampler.decode(cfg, params, sampler.rewind(dec, drop), [0], codec, sc, seed=0)
+
+
 def test_text_api_one_compile_per_bucket(lm, vocab):
   cfg, params = lm
   sc = sampler.SamplerConfig(max_new_tokens=9, temperature=0.8, top_k=20, top_p=0.95)
