@@ -165,25 +165,35 @@ class Attention(nn.Module):
     q = sharding.constrain(q, ("batch", "length", "act_heads", None))
     kk = sharding.constrain(kk, ("batch", "length", "act_kv_heads", None))
 
+    # Keys and values as [B, K, H, S]: the layout in which XLA's CPU batched dots read them
+    # without a transposed copy, which matters for a cache read at every decode step.
+    kt, vt = kk.transpose(0, 2, 3, 1), vv.transpose(0, 2, 3, 1)
     if cache is not None:
-      # The new keys and values go straight into the cache of all layers, then read back at
-      # ``layer``: updating a per-layer slice and stacking it back makes XLA copy the whole cache
-      # (several times) at every decode step.
-      cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(cache[name].dtype),
-                                                  (layer, 0, write_index, 0, 0))
-               for name, new in (("k", kk), ("v", vv))}
-      kk, vv = (jax.lax.dynamic_index_in_dim(cache[name], layer, keepdims=False).astype(dt)
+      # The new keys and values are written into their buffer in place, then read back: updating
+      # a slice and stacking it back makes XLA copy the whole cache at every decode step.
+      stacked = not isinstance(cache["k"], tuple)
+      at = layer if stacked else 0
+      new_cache = {}
+      for name, new in (("k", kt), ("v", vt)):
+        buf = cache[name] if stacked else cache[name][layer]
+        buf = jax.lax.dynamic_update_slice(buf, new[None].astype(buf.dtype),
+                                           (at, 0, 0, 0, write_index))
+        new_cache[name] = (buf if stacked else
+                           cache[name][:layer] + (buf,) + cache[name][layer + 1:])
+      cache = new_cache
+      kt, vt = (jax.lax.dynamic_index_in_dim(
+          cache[name] if stacked else cache[name][layer], at, keepdims=False).astype(dt)
                 for name in ("k", "v"))
 
     b, t = q.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)
     # [B, K, T, G, S] is the batched dot's own output order (batch, lhs free, rhs free): no
     # transpose of the largest activation, forward or backward.
-    logits = jnp.einsum("BTKGH,BSKH->BKTGS", qg, kk).astype(jnp.float32)
+    logits = jnp.einsum("BTKGH,BKHS->BKTGS", qg, kt).astype(jnp.float32)
     logits = soft_cap(logits, cfg.attn_logits_soft_cap)
     logits = jnp.where(mask[:, None, :, None, :], logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    enc = jnp.einsum("BKTGS,BSKH->BTKGH", probs, vv).reshape(b, t, n, h)
+    enc = jnp.einsum("BKTGS,BKHS->BTKGH", probs, vt).reshape(b, t, n, h)
     out = dense("BTNH,NHD->BTD", enc, wo.astype(dt))
     return out, cache
 
@@ -361,21 +371,31 @@ def attention_masks(cfg: ModelConfig, q_pos, q_seg, k_pos, k_valid, k_seg):
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
-  """An empty KV cache with ``length`` slots per sequence, all layers stacked on axis 0."""
+  """An empty KV cache with ``length`` slots per sequence.
+
+  "k" and "v" hold [n, B, K, H, S] buffers: all layers in one (n = num_layers) with
+  ``scan_layers``, whose scan carries it, else a tuple of one buffer (n = 1) per layer, since
+  reading one layer out of a stacked buffer copies that layer's whole cache at every decode step
+  (with the transposes the [B, S, K, H] layout cost, 60% of a long-prompt decode, measured).
+  """
   dt = _dtype(dtype or cfg.dtype)
-  shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-  return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
-          "pos": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
+  shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
+  if cfg.scan_layers:
+    k = v = jnp.zeros((cfg.num_layers, *shape), dt)
+  else:
+    k = v = tuple(jnp.zeros((1, *shape), dt) for _ in range(cfg.num_layers))
+  return {"k": k, "v": v, "pos": jnp.full((batch, length), -1, jnp.int32),
+          "end": jnp.zeros((), jnp.int32)}
 
 
-CACHE_LOGICAL = {"k": ("layers", "batch", "kv_length", "act_kv_heads", None),
-                 "v": ("layers", "batch", "kv_length", "act_kv_heads", None),
+CACHE_LOGICAL = {"k": ("layers", "batch", "act_kv_heads", None, "kv_length"),
+                 "v": ("layers", "batch", "act_kv_heads", None, "kv_length"),
                  "pos": ("batch", "kv_length"), "end": ()}
 
 
 def cache_shardings(cache_or_shapes: Cache, mesh) -> dict[str, Any]:
-  return {k: sharding.logical_sharding(CACHE_LOGICAL[k], v.shape, mesh)
-          for k, v in cache_or_shapes.items()}
+  return {k: jax.tree.map(lambda a, k=k: sharding.logical_sharding(CACHE_LOGICAL[k], a.shape, mesh),
+                          v) for k, v in cache_or_shapes.items()}
 
 
 # ----------------------------------------------------------------------------- parameters

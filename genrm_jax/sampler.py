@@ -191,14 +191,20 @@ def _constrain_cache(cache, mesh):
 
 def _rows(cache, parent):
   """Cache rows ``parent`` (repeats allowed): the prefix of row i becomes that of parent[i]."""
-  return {"k": jnp.take(cache["k"], parent, axis=1), "v": jnp.take(cache["v"], parent, axis=1),
+  rows = lambda buf: jnp.take(buf, parent, axis=1)  # noqa: E731
+  return {"k": jax.tree.map(rows, cache["k"]), "v": jax.tree.map(rows, cache["v"]),
           "pos": jnp.take(cache["pos"], parent, axis=0), "end": cache["end"]}
 
 
 def _grow(cache, n: int):
   """``n`` more empty slots; the cache is always exactly full up to ``end`` before a write."""
-  pad5 = ((0, 0), (0, 0), (0, n), (0, 0), (0, 0))
-  return {"k": jnp.pad(cache["k"], pad5), "v": jnp.pad(cache["v"], pad5),
+  def grow(name):  # the slot axis of each buffer, as model.CACHE_LOGICAL names it
+    axis = model_lib.CACHE_LOGICAL[name].index("kv_length")
+    pad = [(0, 0)] * 5
+    pad[axis] = (0, n)
+    return jax.tree.map(lambda buf: jnp.pad(buf, pad), cache[name])
+
+  return {"k": grow("k"), "v": grow("v"),
           "pos": jnp.pad(cache["pos"], ((0, 0), (0, n)), constant_values=-1),
           "end": cache["end"]}
 

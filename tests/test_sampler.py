@@ -161,7 +161,7 @@ def test_sharded_sampling_equals_single_device_with_sharded_cache(lm):
   assert [c.token_ids for c in multi] == [c.token_ids for c in single]
   np.testing.assert_allclose([c.logprobs for c in multi], [c.logprobs for c in single], atol=1e-4)
   # Rows over (data, fsdp), kv heads over tensor: 1/8 of the cache per device.
-  spec = tuple(prefix.cache["k"].sharding.spec)
-  assert spec + (None,) * (5 - len(spec)) == (None, ("data", "fsdp"), None, "tensor", None)
-  shard = prefix.cache["k"].addressable_shards[0].data.shape
-  assert np.prod(shard) * 8 == np.prod(prefix.cache["k"].shape)
+  for buf in jax.tree.leaves((prefix.cache["k"], prefix.cache["v"])):  # one buffer per layer
+    spec = tuple(buf.sharding.spec)
+    assert spec + (None,) * (5 - len(spec)) == (None, ("data", "fsdp"), "tensor", None, None)
+    assert np.prod(buf.addressable_shards[0].data.shape) * 8 == np.prod(buf.shape)
