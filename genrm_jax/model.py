@@ -74,44 +74,54 @@ class RMSNorm(nn.Module):
     return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
 
 
-def _operands(spec: str) -> tuple[str, str, str]:
-  ins, out = spec.split("->")
-  x, w = ins.split(",")
-  return x, w, out
+def _dot_order(s1: str, s2: str, out: str) -> str:
+  """The output order of XLA's dot of operands with axes s1, s2: batch, s1's free, s2's free."""
+  return "".join([a for a in s1 if a in s2 and a in out] + [a for a in s1 if a not in s2]
+                 + [a for a in s2 if a not in s1])
+
+
+def _einsum(s1: str, s2: str, out: str, a: jax.Array, b: jax.Array, barrier: bool = False):
+  """``jnp.einsum`` with ``a`` as the dot's left operand, then a separate transpose to ``out``.
+
+  Asked for another output order, ``jnp.einsum`` may swap the operands, and XLA's CPU dot then
+  reads the larger one (e.g. attention probabilities) through a transposed copy. The barrier
+  keeps XLA from folding the transpose back into the dot, which swaps them the same way.
+  """
+  order = _dot_order(s1, s2, out)
+  y = jnp.einsum(f"{s1},{s2}->{order}", a, b)
+  if barrier:
+    y = jax.lax.optimization_barrier(y)
+  return y if order == out else jnp.einsum(f"{order}->{out}", y)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def dense(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
-  """``jnp.einsum(spec, x, w)`` of activations ``x`` and a weight ``w``, with a chosen backward.
+  """``jnp.einsum(spec, x, w)`` with dots that XLA's CPU backend runs without big transposes.
 
-  The weight gradient contracts over the token axes, so one of its operands must be transposed
-  to the dot's canonical layout. Left to itself, XLA (CPU) transposes the upstream gradient, even
-  when it is the wider one (the [B, T, F] MLP gradient, 4x the [B, T, D] input); here the
-  operand with fewer non-token elements goes first, and is the one transposed. Same values.
+  ``w`` is a weight, or the keys / values of attention. Its gradient contracts over the axes
+  that ``x`` and the output gradient ``g`` share (tokens), so its dot needs one of them
+  transposed; left to itself, XLA on CPU transposes the wider one: the [B, T, F] MLP gradient
+  (4x the [B, T, D] input), the [B, K, T, G, S] attention probabilities. Here the operand with
+  fewer free elements goes first and is the one transposed. Same values.
   """
-  return jnp.einsum(spec, x, w)
+  (xs, ws), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  return _einsum(xs, ws, out, x, w)
 
 
 def _dense_fwd(spec, x, w):
-  return jnp.einsum(spec, x, w), (x, w)
+  return dense(spec, x, w), (x, w)
 
 
 def _dense_bwd(spec, res, g):
   x, w = res
-  xs, ws, out = _operands(spec)
-  dx = jnp.einsum(f"{out},{ws}->{xs}", g, w)
-  x_free = math.prod(n for a, n in zip(xs, x.shape) if a in ws)
-  g_free = math.prod(n for a, n in zip(out, g.shape) if a in ws)
-  s1, s2 = (xs, out) if x_free <= g_free else (out, xs)
-  first, second = (x, g) if x_free <= g_free else (g, x)
-  natural = "".join(a for a in s1 + s2 if a in ws)
-
-  def narrow_first():
-    # The dot's own output order (free axes of its first operand first); the barrier keeps XLA
-    # from folding the transpose to the weight's order back into the dot by swapping operands.
-    dw = jax.lax.optimization_barrier(jnp.einsum(f"{s1},{s2}->{natural}", first, second))
-    return jnp.einsum(f"{natural}->{ws}", dw)
-
+  (xs, ws), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  dx = _einsum(out, ws, xs, g, w)
+  free = lambda s, shape, other: math.prod(  # noqa: E731
+      n for a, n in zip(s, shape) if a in ws and a not in other)
+  if free(xs, x.shape, out) < free(out, g.shape, xs):
+    narrow_first = lambda: _einsum(xs, out, ws, x, g, barrier=True)  # noqa: E731
+  else:
+    narrow_first = lambda: _einsum(out, xs, ws, g, x, barrier=True)  # noqa: E731
   # TPU and GPU compilers pick dot layouts themselves; only CPU gets the fixed order.
   dw = jax.lax.platform_dependent(
       cpu=narrow_first, default=lambda: jnp.einsum(f"{xs},{out}->{ws}", x, g))
@@ -165,10 +175,15 @@ class Attention(nn.Module):
     q = sharding.constrain(q, ("batch", "length", "act_heads", None))
     kk = sharding.constrain(kk, ("batch", "length", "act_kv_heads", None))
 
-    # Keys and values as [B, K, H, S]: the layout in which XLA's CPU batched dots read them
-    # without a transposed copy, which matters for a cache read at every decode step.
-    kt, vt = kk.transpose(0, 2, 3, 1), vv.transpose(0, 2, 3, 1)
+    # Keys as [B, K, H, S]: the layout in which XLA's CPU batched q.k dot reads them without a
+    # transposed copy (a copy of a whole cache at every decode step). Values are read as
+    # [B, S, K, H] when all queries are here (training, where XLA then reads the probabilities
+    # untransposed too) and from the cache as [B, K, H, S] (a decode step's probabilities are
+    # few, and XLA transposes those instead of the values).
+    kt = kk.transpose(0, 2, 3, 1)
+    values, v_axes = vv, "BSKH"
     if cache is not None:
+      vt = vv.transpose(0, 2, 3, 1)
       # The new keys and values are written into their buffer in place, then read back: updating
       # a slice and stacking it back makes XLA copy the whole cache at every decode step.
       stacked = not isinstance(cache["k"], tuple)
@@ -181,19 +196,20 @@ class Attention(nn.Module):
         new_cache[name] = (buf if stacked else
                            cache[name][:layer] + (buf,) + cache[name][layer + 1:])
       cache = new_cache
-      kt, vt = (jax.lax.dynamic_index_in_dim(
+      kt, values = (jax.lax.dynamic_index_in_dim(
           cache[name] if stacked else cache[name][layer], at, keepdims=False).astype(dt)
-                for name in ("k", "v"))
+                    for name in ("k", "v"))
+      v_axes = "BKHS"
 
     b, t = q.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)
     # [B, K, T, G, S] is the batched dot's own output order (batch, lhs free, rhs free): no
     # transpose of the largest activation, forward or backward.
-    logits = jnp.einsum("BTKGH,BKHS->BKTGS", qg, kt).astype(jnp.float32)
+    logits = dense("BTKGH,BKHS->BKTGS", qg, kt).astype(jnp.float32)
     logits = soft_cap(logits, cfg.attn_logits_soft_cap)
     logits = jnp.where(mask[:, None, :, None, :], logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    enc = jnp.einsum("BKTGS,BKHS->BTKGH", probs, vt).reshape(b, t, n, h)
+    enc = dense(f"BKTGS,{v_axes}->BTKGH", probs, values).reshape(b, t, n, h)
     out = dense("BTNH,NHD->BTD", enc, wo.astype(dt))
     return out, cache
 
