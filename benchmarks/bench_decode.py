@@ -1,6 +1,7 @@
 """Decoding and GenRM-CoT scoring speed: genrm-jax's sampler vs transformers' generate, one run.
 
     python benchmarks/bench_decode.py [--batches 1,8,32] [--prompt 32] [--new 64] [--reps 3]
+        [--family gemma|gemma2|gemma3]
 
 1. Greedy decoding of ``--new`` tokens after a ``--prompt``-token prompt at each batch size, with
    the ~10M-parameter Gemma (``config.bench_10m``): ``sampler.extend`` + ``sampler.decode`` vs
@@ -28,6 +29,7 @@ import jax
 import numpy as np
 
 import harness
+from families import FAMILIES, in_family
 from genrm_jax import config, export_hf, formats, sampler, scoring
 from genrm_jax import model as model_lib
 from genrm_jax import vocab as vocab_lib
@@ -42,8 +44,10 @@ def hf_model(cfg, params, tmp: str):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   path = export_hf.write_hf_dir(cfg, params, os.path.join(tmp, "hf"))
+  # sdpa cannot soft-cap attention logits, so Gemma 2 runs eager, as transformers itself chooses.
+  attn = "eager" if cfg.family == "gemma2" else "sdpa"
   return transformers.AutoModelForCausalLM.from_pretrained(
-      path, dtype=torch.float32, attn_implementation="sdpa").eval()
+      path, dtype=torch.float32, attn_implementation=attn).eval()
 
 
 def bench_decode(cfg, params, hf, batches, prompt_len: int, new: int, reps: int) -> None:
@@ -52,7 +56,7 @@ def bench_decode(cfg, params, hf, batches, prompt_len: int, new: int, reps: int)
   codec = sampler.Codec(encode=list, decode=str, eos_id=cfg.vocab_size)
   sc = sampler.SamplerConfig(max_new_tokens=new, temperature=0.0)
   rng = np.random.default_rng(0)
-  print(f"greedy decode, prompt {prompt_len} + {new} new tokens, bench_10m "
+  print(f"greedy decode, prompt {prompt_len} + {new} new tokens, bench_10m/{cfg.family} "
         f"({model_lib.count_params(cfg) / 1e6:.2f}M params)")
   print(f"{'batch':>5} | {'genrm-jax tok/s':>15} | {'transformers tok/s':>18} | {'ratio':>5} | "
         f"greedy tokens equal")
@@ -151,11 +155,12 @@ def main() -> None:
   ap.add_argument("--cot_new", type=int, default=64)
   ap.add_argument("--cot_reps", type=int, default=3)
   ap.add_argument("--skip_hf", action="store_true", help="only time genrm-jax's CoT scoring")
+  ap.add_argument("--family", default="gemma", choices=FAMILIES)
   args = ap.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
   with tempfile.TemporaryDirectory() as tmp, harness.reported_load():
     vocab = subword_vocab(tmp, config.bench_10m().vocab_size)
-    cfg = config.bench_10m(vocab_size=vocab.vocab_size)
+    cfg = in_family(config.bench_10m(vocab_size=vocab.vocab_size), args.family)
     params = model_lib.init_params(cfg, jax.random.key(0))
     if not args.skip_hf:
       bench_decode(cfg, params, hf_model(cfg, params, tmp),

@@ -21,18 +21,6 @@ from genrm_jax import config, logits, objectives, optim, sharding, step
 MiB = 2 ** 20
 
 
-def compiled_bytes(cfg, obj, batch: int, seq: int) -> tuple[int, int]:
-  """(temporary bytes, arguments + outputs + temporaries - aliased) of one compiled step."""
-  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  opt = optim.OptimConfig()
-  state = step.abstract_state(cfg, obj, opt, mesh)
-  data = objectives.abstract_batch("lm", batch, seq, step.batch_shardings("lm", mesh))
-  mem = step.make_train_step(cfg, obj, opt, mesh).lower(state, data).compile().memory_analysis()
-  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-           - mem.alias_size_in_bytes)
-  return mem.temp_size_in_bytes, total
-
-
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--vocab", type=int, default=262_144)
@@ -46,8 +34,9 @@ def main() -> None:
   rows = {}
   with harness.reported_load():  # for the record: compiled memory does not depend on the load
     for name, chunk in (("whole sequence", args.seq), ("chunked (default)", 0)):
-      temp, total = compiled_bytes(cfg, objectives.ObjectiveConfig("lm", logits_chunk=chunk),
-                                   args.batch, args.seq)
+      temp, total = step.compiled_memory(
+          cfg, objectives.ObjectiveConfig("lm", logits_chunk=chunk), optim.OptimConfig(),
+          sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]), args.batch, args.seq)
       rows[name] = total
       shown = chunk or logits.default_chunk(cfg)
       print(f"  {name:<18} {min(shown, args.seq):>5} positions a piece: temporaries "

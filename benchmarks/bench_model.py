@@ -1,6 +1,6 @@
 """Forward+backward step of the ~10M-parameter Gemma: genrm-jax vs transformers/torch, one run.
 
-    python benchmarks/bench_model.py [--batch 8] [--seq 256] [--steps 5] [--family gemma]
+    python benchmarks/bench_model.py [--batch 8] [--seq 256] [--steps 5] [--family gemma|gemma2|gemma3]
 
 Both sides compute the mean next-token cross-entropy and its gradient with respect to every
 parameter, in fp32, from the same weights (exported through genrm_jax.hf_convert; the script
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import harness
+from families import FAMILIES, in_family
 from genrm_jax import config, hf_convert
 from genrm_jax import model as model_lib
 
@@ -49,18 +50,12 @@ def main() -> None:
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=256)
   ap.add_argument("--steps", type=int, default=5)
-  ap.add_argument("--family", default="gemma", choices=["gemma", "gemma2"])
+  ap.add_argument("--family", default="gemma", choices=FAMILIES)
   args = ap.parse_args()
 
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
-  cfg = config.bench_10m()
-  if args.family == "gemma2":
-    cfg = cfg.replace(family="gemma2", use_post_attn_norm=True, use_post_ffw_norm=True,
-                      attention_types=(config.AttentionType.LOCAL_SLIDING,
-                                       config.AttentionType.GLOBAL), sliding_window_size=128,
-                      attn_logits_soft_cap=50.0, final_logit_soft_cap=30.0,
-                      query_pre_attn_scalar=cfg.head_dim)
+  cfg = in_family(config.bench_10m(), args.family)
   params = model_lib.init_params(cfg, jax.random.key(0))
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.seq + 1))
   tokens = tokens.astype(np.int32)

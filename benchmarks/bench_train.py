@@ -1,11 +1,13 @@
 """Train-step throughput: the genrm-jax step vs a transformers/torch step of the same Gemma.
 
     python benchmarks/bench_train.py [--steps 7] [--batch 8] [--seq 256] [--configs tiny,bench_10m]
+        [--family gemma|gemma2|gemma3]
 
-For each config, both sides start from the same weights (exported through genrm_jax.hf_convert)
-and train on the same batch: ``genrm_jax.step.make_train_step`` (LM objective, global-norm
-clipping, AdamW with the paper's schedule, fp32) and ``GemmaForCausalLM`` forward + backward +
-``clip_grad_norm_`` + ``torch.optim.AdamW`` under the same schedule (SDPA attention, 2 threads).
+For each config (in the ``--family``'s layer recipe), both sides start from the same weights
+(exported through genrm_jax.hf_convert) and train on the same batch:
+``genrm_jax.step.make_train_step`` (LM objective, global-norm clipping, AdamW with the paper's
+schedule, fp32) and the same transformers model's forward + backward + ``clip_grad_norm_`` +
+``torch.optim.AdamW`` under the same schedule (SDPA attention, eager for Gemma 2, 2 threads).
 Steps alternate between the sides; tokens/s are medians, and the two loss sequences must agree.
 MFU uses ``model.flops_per_token`` for both, against the fp32 matmul peak measured in the same
 run (a 2048^3 matmul in XLA).
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import harness
+from families import FAMILIES, in_family
 from genrm_jax import config, hf_convert, model, objectives, optim, sharding, step, synthetic
 
 
@@ -55,7 +58,9 @@ def torch_side(cfg: config.ModelConfig, params, batch, losses: list[float]):
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
   hf_cfg = transformers.AutoConfig.for_model(**hf_convert.config_to_hf(cfg, "float32"))
-  net = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa")
+  # sdpa cannot soft-cap attention logits, so Gemma 2 runs eager, as transformers itself chooses.
+  attn = "eager" if cfg.family == "gemma2" else "sdpa"
+  net = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attn)
   state = {k: torch.from_numpy(np.array(v)) for k, v in hf_convert.hf_tensors(cfg, params)}
   missing, unexpected = net.load_state_dict(state, strict=False)
   assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
@@ -90,6 +95,7 @@ def main() -> None:
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=256)
   ap.add_argument("--configs", default="tiny,bench_10m")
+  ap.add_argument("--family", default="gemma", choices=FAMILIES)
   args = ap.parse_args()
   with harness.reported_load():
     peak = matmul_peak()
@@ -99,7 +105,7 @@ def main() -> None:
     print(f"{'config':<10} {'params':>8} {'jax tok/s':>10} {'jax MFU':>8} {'torch tok/s':>12} "
           f"{'torch MFU':>9} {'jax/torch':>9}  losses (first, last) jax | torch")
     for name in args.configs.split(","):
-      cfg = config.preset(name)
+      cfg = in_family(config.preset(name), args.family)
       params = model.init_params(cfg, jax.random.key(0))
       batch = synthetic.make_batch(0, batch_size=args.batch, seq_len=args.seq, objective="lm",
                                    vocab_size=cfg.vocab_size)

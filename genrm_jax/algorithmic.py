@@ -31,6 +31,7 @@ import dataclasses
 import random
 import re
 import string
+import zlib
 from typing import Any
 
 from genrm_jax import answers
@@ -88,41 +89,44 @@ def random_word(rng: random.Random) -> str:
   return "".join(rng.choices(string.ascii_lowercase, k=rng.randint(*WORD_LENGTHS)))
 
 
+def split_of(words: tuple[str, ...]) -> str:
+  """The split a problem belongs to, by a hash of its words: one in 8 is a test problem and one in
+  8 a validation problem. The splits are disjoint whatever sizes and lengths are drawn, and any
+  data (the policy's SFT set, verifier data at the test length) can avoid every test problem."""
+  h = zlib.crc32(" ".join(words).encode()) % 8
+  return "test" if h == 0 else "validation" if h == 1 else "train"
+
+
 def make_problems(task: str, num_words: int, count: int, seed: int,
-                  exclude: set[tuple[str, ...]] | None = None) -> list[Problem]:
-  """``count`` distinct problems of ``num_words`` words (none in ``exclude``), from ``seed``."""
+                  split: str | None = None) -> list[Problem]:
+  """``count`` distinct problems of ``num_words`` words (of ``split`` only, if given), from ``seed``."""
   _check_task(task)
   rng = random.Random(f"{task}/{num_words}/{seed}")
-  seen = set(exclude or ())
+  seen = set()
   out = []
   while len(out) < count:
     words = tuple(random_word(rng) for _ in range(num_words))
     if task == WORD_SORTING and len(set(words)) < num_words:
       continue  # duplicates make "sorted" steps ambiguous
-    if words not in seen:
+    if words not in seen and (split is None or split_of(words) == split):
       seen.add(words)
       out.append(Problem(task, words))
   return out
 
 
 def split_problems(task: str, split: str, count: int, seed: int = 0,
-                   test_length: int | None = None) -> list[Problem]:
-  """Problems of a split: train / validation on 2-4 words (disjoint), test on the longer length
-  (the paper's, unless ``test_length`` names another)."""
+                   test_length: int | None = None,
+                   lengths: tuple[int, ...] | None = None) -> list[Problem]:
+  """``count`` problems of each length of a split: train / validation on ``lengths`` words (the
+  paper's 2-4 by default), test on ``test_length`` (the paper's 6 or 5 by default). Splits never
+  share a problem (``split_of``)."""
   _check_task(task)
   if split not in SPLIT_SEED_OFFSET:
     raise ValueError(f"unknown split {split!r}; expected one of {list(SPLIT_SEED_OFFSET)}")
   if split == "test":
-    n = test_length or TEST_LENGTH[task]
-    # At a training length the test problems are still held out: none is a train/validation one.
-    exclude = ({p.words for s in ("train", "validation") for p in split_problems(task, s, count, seed)}
-               if n in TRAIN_LENGTHS else None)
-    return make_problems(task, n, count, seed + SPLIT_SEED_OFFSET["test"], exclude)
-  exclude = None
-  if split == "validation":
-    exclude = {p.words for n in TRAIN_LENGTHS for p in make_problems(task, n, count, seed)}
-  return [p for n in TRAIN_LENGTHS
-          for p in make_problems(task, n, count, seed + SPLIT_SEED_OFFSET[split], exclude)]
+    lengths = (test_length or TEST_LENGTH[task],)
+  return [p for n in (lengths or TRAIN_LENGTHS)
+          for p in make_problems(task, n, count, seed + SPLIT_SEED_OFFSET[split], split)]
 
 
 def problem_from_question(task: str, question: str) -> Problem:
@@ -183,10 +187,20 @@ def is_correct(problem: Problem, solution: str) -> bool:
 _ANSWER_LINE = re.compile(r"^The answer is .*$")
 
 
-def rationale(problem: Problem, solution: str) -> str:
+# How the programmatic rationale checks the final answer (the step lines are the same):
+# "check": ``answer X ok`` / ``answer X wrong, Y``: the verdict on the answer comes before the
+#   expected answer is written, so it is decided with no scratchpad.
+# "derive": ``expected Y`` first, from the checked steps above it, then ``answer X ok|wrong``: the
+#   decision compares two strings on adjacent lines, and the expected answer is written before the
+#   stated one is seen, so copying the stated answer cannot stand in for deriving it.
+RATIONALE_STYLES = ("check", "derive")
+
+
+def rationale(problem: Problem, solution: str, style: str = "check") -> str:
   """Step-by-step verification of ``solution``: each step, the answer, then the verdict."""
-  steps = [l.strip() for l in solution.strip().split("\n")
-           if l.strip() and not _ANSWER_LINE.match(l.strip())]
+  if style not in RATIONALE_STYLES:
+    raise ValueError(f"rationale style {style!r}; expected one of {RATIONALE_STYLES}")
+  steps, got = parse_solution(solution)
   expected = problem.steps()
   lines = []
   for k in range(max(len(steps), len(expected))):
@@ -198,10 +212,152 @@ def rationale(problem: Problem, solution: str) -> str:
       lines.append(f"{steps[k]} ok")
     else:
       lines.append(f"{steps[k]} wrong, {expected[k]}")
-  got = extract_answer(solution)
   ok = is_correct(problem, solution)
-  lines.append(f"answer {got} {'ok' if ok else 'wrong, ' + problem.answer}")
+  if style == "check":
+    lines.append(f"answer {got} {'ok' if ok else 'wrong, ' + problem.answer}")
+  else:
+    lines += [f"expected {problem.answer}", f"answer {got} {'ok' if ok else 'wrong'}"]
   return formats.cot_target("\n".join(lines), ok)
+
+
+def parse_solution(solution: str) -> tuple[list[str], str | None]:
+  """(step lines, stated answer) of a solution in the compact format (answer None if absent)."""
+  steps = [l.strip() for l in solution.strip().split("\n")
+           if l.strip() and not _ANSWER_LINE.match(l.strip())]
+  return steps, extract_answer(solution)
+
+
+def answer_parts(task: str, answer: str) -> list[str]:
+  """The units of an answer that match one step each: letters (last letters) or words (sorting)."""
+  return answer.split() if task == WORD_SORTING else list(answer)
+
+
+def _join(task: str, parts: list[str]) -> str:
+  return " ".join(parts) if task == WORD_SORTING else "".join(parts)
+
+
+def solution_features(task: str, question: str, solution: str) -> dict[str, int]:
+  """What a verifier could read without checking: problem length, steps, answer length, and
+  the differences that a solution of the right shape has at 0 (steps - words, answer units -
+  steps): a set where P(correct) moves with these teaches a verifier to prefer a shape."""
+  steps, answer = parse_solution(solution)
+  words = len(question.split())
+  units = len(answer_parts(task, answer)) if answer is not None else -1
+  return {"words": words, "steps": len(steps), "answer_length": units,
+          "steps_minus_words": len(steps) - words,
+          "answer_minus_steps": units - len(steps) if answer is not None else -99}
+
+
+def _drop_step(task: str, steps: list[str], answer: str, k: int) -> str:
+  """``steps`` without step k; the answer loses its k-th unit when it has one per step."""
+  parts = answer_parts(task, answer)
+  if len(parts) == len(steps):
+    parts = parts[:k] + parts[k + 1:]
+  kept = steps[:k] + steps[k + 1:]
+  if task == WORD_SORTING:  # steps are numbered: renumber after the gap
+    kept = [f"{i} {s.split(' ', 1)[-1]}" for i, s in enumerate(kept, start=1)]
+  return render(kept, _join(task, parts))
+
+
+# One-edit wrong solutions for verifier training ("hard negatives"), each leaving the rest of the
+# solution intact so that only checking tells them from the correct solution: an answer unit
+# repeated, dropped, replaced by its neighbour or swapped with it; a step's unit or word wrong; a
+# step hallucinated or dropped. Insertions and deletions come in equal measure: with insertions
+# alone (the tiny policy's usual mistake) the verifiers learnt that shorter answers are right.
+HARD_NEGATIVES = ("answer_repeat", "answer_drop", "answer_neighbor", "answer_swap", "step_unit",
+                  "step_word", "extra_step", "drop_step")
+
+
+def _pairs(task: str, problem: Problem) -> list[tuple[str, str]]:
+  """(word, answer unit) per step of the reference solution."""
+  if task == LAST_LETTERS:
+    return [(w, w[-1]) for w in problem.words]
+  return [(w, w) for w in sorted(problem.words)]
+
+
+def _render_pairs(task: str, pairs: list[tuple[str, str]]) -> str:
+  if task == LAST_LETTERS:
+    return render([f"{w}:{u}" for w, u in pairs], "".join(u for _, u in pairs))
+  return render([f"{i} {u}" for i, (_, u) in enumerate(pairs, start=1)],
+                " ".join(u for _, u in pairs))
+
+
+def hard_negative(problem: Problem, rng: random.Random, kind: str | None = None
+                  ) -> tuple[str, str]:
+  """(kind, a wrong solution one edit away from the reference); ``kind`` from
+  ``HARD_NEGATIVES`` (drawn with ``rng`` when None)."""
+  task, steps = problem.task, problem.steps()
+  units = answer_parts(task, problem.answer)
+  for _ in range(100):
+    k = kind or rng.choice(HARD_NEGATIVES)
+    i = rng.randrange(len(units))
+    edited = list(units)
+    if k == "answer_repeat":
+      edited.insert(i, units[i])
+    elif k == "answer_drop":
+      del edited[i]
+    elif k == "answer_neighbor":
+      edited[i] = units[i - 1] if i and (rng.random() < 0.5 or i == len(units) - 1) else (
+          units[(i + 1) % len(units)])
+    elif k == "answer_swap":
+      i = min(i, len(units) - 2)
+      edited[i], edited[i + 1] = units[i + 1], units[i]
+    if k.startswith("answer_"):
+      sol = render(steps, _join(task, edited))
+    else:
+      pairs = _pairs(task, problem)
+      w, u = pairs[i]
+      if k == "step_unit":  # the right word, a wrong unit: another letter / a miscopied word
+        u2 = (rng.choice([c for c in w[:-1] if c != w[-1]] or [_other_letter(rng, w[-1])])
+              if task == LAST_LETTERS else w[:-1] + _other_letter(rng, w[-1]))
+        pairs[i] = (w, u2)
+      elif k == "step_word":  # the word miscopied, its unit following the copy
+        j = len(w) - 1 if task == LAST_LETTERS else rng.randrange(len(w))
+        w2 = w[:j] + _other_letter(rng, w[j]) + w[j + 1:]
+        pairs[i] = (w2, w2[-1] if task == LAST_LETTERS else w2)
+      elif k == "extra_step":  # a hallucinated step
+        w2 = random_word(rng)
+        pairs.insert(i, (w2, w2[-1] if task == LAST_LETTERS else w2))
+      else:  # a step left out, the answer following
+        del pairs[i]
+      sol = _render_pairs(task, pairs)
+    if not is_correct(problem, sol):
+      return k, sol
+  raise ValueError(f"no {kind or 'hard negative'} edit makes {problem.words} wrong")
+
+
+PROBES = ("drop_answer_letter", "change_answer_letter", "drop_step", "wrong_drop_step")
+
+
+def counterfactuals(problem: Problem, rng: random.Random, wrong: str | None = None
+                    ) -> dict[str, str]:
+  """Wrong solutions made by one edit, keyed by ``PROBES`` name.
+
+  Of the reference solution (so each differs from a correct one in one place): one answer letter
+  dropped, one answer letter changed, one step dropped with the answer still agreeing with the
+  steps. Of ``wrong`` (a wrong candidate), when given: one more step dropped, the answer
+  following where it has a unit per step; left out when every such edit would make it right.
+  """
+  steps, answer = problem.steps(), problem.answer
+  letters = [i for i, ch in enumerate(answer) if ch.isalpha()]
+  i, j = rng.choice(letters), rng.choice(letters)
+  out = {"drop_answer_letter": render(steps, answer[:i] + answer[i + 1:]),
+         "change_answer_letter": render(
+             steps, answer[:j] + _other_letter(rng, answer[j]) + answer[j + 1:]),
+         "drop_step": _drop_step(problem.task, steps, answer, rng.randrange(len(steps)))}
+  if wrong is not None:
+    w_steps, w_answer = parse_solution(wrong)
+    order = list(range(len(w_steps)))
+    rng.shuffle(order)
+    for k in order if w_answer is not None and len(w_steps) > 1 else ():
+      edited = _drop_step(problem.task, w_steps, w_answer, k)
+      if not is_correct(problem, edited):
+        out["wrong_drop_step"] = edited
+        break
+  for name, sol in out.items():
+    if is_correct(problem, sol):  # an edit that cannot break the solution is a bug here
+      raise AssertionError(f"{name} of {problem.words} left it correct: {sol!r}")
+  return out
 
 
 def candidates(task: str, split: str, *, problems_per_length: int, samples_per_problem: int,

@@ -17,6 +17,7 @@ class AttentionType(enum.Enum):
 
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+FAMILIES = ("gemma", "gemma2", "gemma3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +40,16 @@ class ModelConfig:
   sliding_window_size: int | None = None
   use_post_attn_norm: bool = False
   use_post_ffw_norm: bool = False
+  # Gemma 3 RMS-normalizes each query and key head (learned scale) before RoPE.
+  use_qk_norm: bool = False
   rope_base: float = 10_000.0
+  # Gemma 3 rotates local layers with a smaller base (10K) than global ones (1M); None: rope_base.
+  local_rope_base: float | None = None
+  # Linear RoPE scaling of global layers (Gemma 3 4B-27B: 8): their positions are divided by it.
+  global_rope_scale: float = 1.0
   rms_norm_eps: float = 1e-6
   max_seq_len: int = 8192
-  family: str = "gemma"  # "gemma" or "gemma2": which transformers class exports it
+  family: str = "gemma"  # "gemma", "gemma2" or "gemma3": which transformers class exports it
   # Numerics and memory; these do not change the function the model computes.
   dtype: str = "float32"  # compute dtype of activations and matmuls
   param_dtype: str = "float32"  # master parameter dtype
@@ -57,20 +64,30 @@ class ModelConfig:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(
           f"ModelConfig.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-    if self.family not in ("gemma", "gemma2"):
-      raise ValueError(f"ModelConfig.family={self.family!r}; expected 'gemma' or 'gemma2'")
+    if self.family not in FAMILIES:
+      raise ValueError(f"ModelConfig.family={self.family!r}; expected one of {FAMILIES}")
     if (AttentionType.LOCAL_SLIDING in self.attention_types
         and not self.sliding_window_size):
       raise ValueError("ModelConfig: local sliding attention needs sliding_window_size")
-    if self.scan_layers and len(set(self.attention_types)) > 1 and (
-        self.num_layers % len(self.attention_types)):
-      raise ValueError(
-          "ModelConfig.scan_layers needs num_layers to be a multiple of the attention pattern")
+    if self.global_rope_scale <= 0:
+      raise ValueError(f"ModelConfig.global_rope_scale={self.global_rope_scale}; must be > 0")
 
   @property
   def layer_attention_types(self) -> tuple[AttentionType, ...]:
     pattern = self.attention_types
     return tuple(pattern[i % len(pattern)] for i in range(self.num_layers))
+
+  @property
+  def scan_groups(self) -> int:
+    """Whole repeats of the attention pattern: what ``scan_layers`` stacks. Layers past them
+    (Gemma 3 1B: 26 = 4 x 6 + 2) run unscanned after the scan."""
+    return self.num_layers // len(self.attention_types) if self.scan_layers else 0
+
+  def rope(self, kind: AttentionType) -> tuple[float, float]:
+    """(base, linear position scale) of RoPE in layers of ``kind``."""
+    if kind == AttentionType.LOCAL_SLIDING:
+      return (self.local_rope_base or self.rope_base), 1.0
+    return self.rope_base, self.global_rope_scale
 
   @property
   def query_scale(self) -> float:
@@ -134,6 +151,52 @@ def gemma2_27b(**kw) -> ModelConfig:
                  head_dim=128, query_pre_attn_scalar=144).replace(**kw)
 
 
+# Five sliding-window layers to one global layer; a model's layer count need not be a multiple.
+GEMMA3_PATTERN = (AttentionType.LOCAL_SLIDING,) * 5 + (AttentionType.GLOBAL,)
+GEMMA3_VOCAB = 262_144
+
+
+def _gemma3(**kw) -> ModelConfig:
+  # Shapes as in the gemma library's Gemma3_* configs (the official Flax checkpoints). Their HF
+  # releases of 4B-27B pad the embedding to 262_208 rows (image soft tokens): import keeps them.
+  base = dict(vocab_size=GEMMA3_VOCAB, attention_types=GEMMA3_PATTERN, use_post_attn_norm=True,
+              use_post_ffw_norm=True, use_qk_norm=True, rope_base=1_000_000.0,
+              local_rope_base=10_000.0, max_seq_len=131_072, family="gemma3")
+  base.update(kw)
+  return ModelConfig(**base)
+
+
+def gemma3_270m(**kw) -> ModelConfig:
+  return _gemma3(num_layers=18, embed_dim=640, hidden_dim=2048, num_heads=4, num_kv_heads=1,
+                 head_dim=256, query_pre_attn_scalar=256, sliding_window_size=512,
+                 max_seq_len=32_768).replace(**kw)
+
+
+def gemma3_1b(**kw) -> ModelConfig:
+  return _gemma3(num_layers=26, embed_dim=1152, hidden_dim=6912, num_heads=4, num_kv_heads=1,
+                 head_dim=256, query_pre_attn_scalar=256, sliding_window_size=512,
+                 max_seq_len=32_768).replace(**kw)
+
+
+def gemma3_4b(**kw) -> ModelConfig:
+  return _gemma3(num_layers=34, embed_dim=2560, hidden_dim=10240, num_heads=8, num_kv_heads=4,
+                 head_dim=256, query_pre_attn_scalar=256, sliding_window_size=1024,
+                 global_rope_scale=8.0).replace(**kw)
+
+
+def gemma3_12b(**kw) -> ModelConfig:
+  return _gemma3(num_layers=48, embed_dim=3840, hidden_dim=15360, num_heads=16, num_kv_heads=8,
+                 head_dim=256, query_pre_attn_scalar=256, sliding_window_size=1024,
+                 global_rope_scale=8.0).replace(**kw)
+
+
+def gemma3_27b(**kw) -> ModelConfig:
+  # Like Gemma-2 27B, queries are scaled by (embed_dim / num_heads)**-0.5 = 168**-0.5.
+  return _gemma3(num_layers=62, embed_dim=5376, hidden_dim=21504, num_heads=32, num_kv_heads=16,
+                 head_dim=128, query_pre_attn_scalar=168, sliding_window_size=1024,
+                 global_rope_scale=8.0).replace(**kw)
+
+
 def tiny(**kw) -> ModelConfig:
   """A Gemma-2-style model small enough to train on two CPU cores in minutes."""
   base = dict(vocab_size=64, num_layers=3, embed_dim=128, hidden_dim=512, num_heads=4,
@@ -141,6 +204,13 @@ def tiny(**kw) -> ModelConfig:
               max_seq_len=512, family="gemma")
   base.update(kw)
   return ModelConfig(**base)
+
+
+def tiny_gemma3(**kw) -> ModelConfig:
+  """Gemma 3 in miniature for tests: GQA, QK-norm, window 4, one 6-layer pattern plus 2 layers."""
+  return _gemma3(vocab_size=64, num_layers=8, embed_dim=64, hidden_dim=128, num_heads=4,
+                 num_kv_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window_size=4,
+                 global_rope_scale=8.0, max_seq_len=512).replace(**kw)
 
 
 def bench_10m(**kw) -> ModelConfig:
@@ -157,7 +227,13 @@ PRESETS = {
     "gemma2_2b": gemma2_2b,
     "gemma2_9b": gemma2_9b,
     "gemma2_27b": gemma2_27b,
+    "gemma3_270m": gemma3_270m,
+    "gemma3_1b": gemma3_1b,
+    "gemma3_4b": gemma3_4b,
+    "gemma3_12b": gemma3_12b,
+    "gemma3_27b": gemma3_27b,
     "tiny": tiny,
+    "tiny_gemma3": tiny_gemma3,
     "bench_10m": bench_10m,
 }
 

@@ -11,11 +11,19 @@ Instead of ``--candidates``, ``--policy MODEL_DIR --num_samples N [--num_problem
 --data_file F]`` samples the candidates first (``genrm_jax.generate``) and keeps them as
 DIR/candidates.jsonl. ``--scores_file OLD/scores.jsonl`` reuses the verifier scores of an earlier run.
 
-Writes, atomically, DIR/results.json ({method: {str(N): accuracy}}; model-free rows ``pass@1``,
-``pass@n``, ``self_consistency``; each verifier NAME and, for probability scores,
-``NAME+weighted_sc``), DIR/scores.jsonl (every candidate's label, answer and scores),
-DIR/meta.json (pool sizes, what was run and what is missing) and DIR/best_of_n.png, and prints the
-table. Accuracies at N are exact expectations over random N-subsets of each pool (see
+Writes, atomically, to DIR:
+- results.json: ``best_of_n`` ({method: {str(N): accuracy}}; model-free rows ``pass@1``, ``pass@n``,
+  ``self_consistency``; each verifier NAME, for CoT also ``NAME[K=k]`` with its first k votes, and
+  for probability scores ``NAME+weighted_sc``), ``tokens_per_problem`` (the same keys: generated
+  tokens per problem, solutions plus rationales), ``stderr`` (over problems, at the largest N),
+  ``vs_pass@1`` (each method's paired per-problem difference from pass@1 and its standard error),
+  and ``diagnostics`` per verifier (within-pool and pooled ROC AUC, Brier score, ECE and reliability
+  bins of probability scores, and for the algorithmic tasks the counterfactual probe rates; see
+  ``genrm_jax.diagnostics``);
+- scores.jsonl (every candidate's label, answer, scores and, for CoT, its votes), meta.json (pool
+  sizes, what was run and what is missing), best_of_n.png, accuracy_vs_tokens.png and
+  reliability.png;
+and prints the tables. Accuracies at N are exact expectations over random N-subsets of each pool (see
 ``genrm_jax.evaluation``; a problem with fewer than N candidates uses its whole pool).
 
 With several JAX processes (``--distributed``, see ``genrm_jax.distributed``), process p scores
@@ -32,7 +40,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import random
 import sys
 import time
 from typing import Sequence
@@ -40,22 +50,24 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from genrm_jax import algorithmic
 from genrm_jax import candidates as cands
 from genrm_jax import checkpoint
+from genrm_jax import diagnostics as diag
 from genrm_jax import distributed
 from genrm_jax import evaluation as ev
 from genrm_jax import generate as gen
-from genrm_jax import objectives
+from genrm_jax import plots
 from genrm_jax import sampler
 from genrm_jax import scoring
 from genrm_jax import sharding
+from genrm_jax import vocab as vocab_lib
 
 # Command-line method name -> genrm_jax.scoring method (scoring's own names are accepted too).
 METHODS = {"direct": "genrm", "cot": "genrm_cot", "discriminative": "disc", "dpo": "dpo",
            "judge": "llm_judge", "judge_cot": "llm_judge_cot", "genrm": "genrm",
            "genrm_cot": "genrm_cot", "disc": "disc", "llm_judge": "llm_judge",
            "llm_judge_cot": "llm_judge_cot"}
-VERDICT_METHODS = ("genrm", "genrm_cot", "llm_judge", "llm_judge_cot")
 MODEL_FREE = ("pass@1", "pass@n", "self_consistency")
 WEIGHTED_SUFFIX = "+weighted_sc"
 
@@ -76,6 +88,8 @@ class EvalConfig:
   require_gold: bool = False
   policy: str = ""  # sample the candidates from this checkpoint (GenerateConfig) instead
   mesh: tuple[int, ...] = ()  # over this process's devices
+  probes: bool = True  # counterfactual probes (algorithmic tasks)
+  calibration_bins: int = 10
   overwrite: bool = False
 
 
@@ -90,6 +104,17 @@ class VerifierSpec:
   method: str
 
 
+@dataclasses.dataclass
+class Scored:
+  """One verifier's outputs, a numpy array per pool (candidates in file order)."""
+  score: list[np.ndarray]
+  prob: list[np.ndarray] | None = None  # probabilities for calibration (not DPO's log-probs)
+  votes: list[np.ndarray] | None = None  # CoT: [n, K] per-rationale scores
+  rationale_tokens: list[np.ndarray] | None = None  # CoT: [n, K]
+
+  FIELDS = ("score", "prob", "votes", "rationale_tokens")
+
+
 def parse_verifier(spec: str) -> VerifierSpec:
   """"NAME=MODEL_DIR:METHOD" (NAME defaults to METHOD)."""
   name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
@@ -98,88 +123,164 @@ def parse_verifier(spec: str) -> VerifierSpec:
     raise ValueError(f"--verifier {spec!r}: expected NAME=MODEL_DIR:METHOD with METHOD in "
                      f"{list(METHODS)}")
   name = name or method
-  if name in MODEL_FREE or name.endswith(WEIGHTED_SUFFIX):
+  if name in MODEL_FREE or name.endswith(WEIGHTED_SUFFIX) or "[" in name:
     raise ValueError(f"--verifier {spec!r}: the name {name!r} is reserved")
   return VerifierSpec(name, model_dir, method)
 
 
+def _fields(method: str) -> tuple[str, ...]:
+  """The outputs a scoring method has (the same on every process, pools or not)."""
+  if method in scoring.COT_METHODS:
+    return Scored.FIELDS
+  return ("score", "prob") if method in (*scoring.VERDICT_METHODS, "disc") else ("score",)
+
+
 def score_pools(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
-                task: gen.Task) -> np.ndarray:
-  """One score per candidate of ``pools`` (flat, in order), from one verifier on local devices."""
+                task: gen.Task) -> dict[str, np.ndarray]:
+  """``Scored`` fields, flat over the candidates of ``pools``, from one verifier on local devices."""
   method = METHODS[spec.method]
   mesh = sharding.make_mesh(*ec.mesh, devices=jax.local_devices()) if ec.mesh else None
-  what = f"verifier {spec.name}"
-  head = None
-  if method == "disc":
-    meta = checkpoint.read_meta(spec.model_dir)
-    if "disc_head" not in meta:
-      raise ValueError(f"{what}: {spec.model_dir} has no disc_head: method {spec.method} needs a "
-                       "model trained with the disc objective")
-    head = objectives.head_from_json(meta["disc_head"])
-  cfg, params, _, vocab = gen.load_model(spec.model_dir, mesh,
-                                         need_verdict=method in VERDICT_METHODS, what=what)
+  verifier = scoring.load_verifier(spec.model_dir, method, mesh, what=f"verifier {spec.name}")
   opts = gen.configure(scoring.ScoringConfig, instruction=task.instruction,
                        num_rationales=ec.cot_votes or None)
   flat = [c for p in pools for c in p.candidates]
+  k = opts.num_rationales
   if not flat:  # more processes than problems
-    return np.zeros(0)
-  result = scoring.score(method, cfg, params, vocab, [c["question"] for c in flat],
-                         [c["solution"] for c in flat], opts, head=head, seed=ec.seed, mesh=mesh)
-  return np.asarray(result.scores, np.float64)
-
-
-def score_shared(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
-                 task: gen.Task) -> list[np.ndarray]:
-  """Every pool's scores on every process; process p scores its share ``pools[p::count]``."""
-  count = jax.process_count()
-  per_process = distributed.allgather_ragged(
-      score_pools(spec, pools[jax.process_index()::count], ec, task))
-  out: list[np.ndarray] = [np.zeros(0)] * len(pools)
-  for p, flat in enumerate(per_process):
-    share = range(p, len(pools), count)
-    bounds = np.cumsum([0] + [len(pools[i]) for i in share])
-    if bounds[-1] != len(flat):
-      raise RuntimeError(f"verifier {spec.name}: process {p} returned {len(flat)} scores for "
-                         f"{bounds[-1]} candidates")
-    for i, a, b in zip(share, bounds[:-1], bounds[1:]):
-      out[i] = flat[a:b]
+    return {f: np.zeros((0, k) if f in ("votes", "rationale_tokens") else 0)
+            for f in _fields(method)}
+  r = verifier.score(method, [c["question"] for c in flat], [c["solution"] for c in flat], opts,
+                     seed=ec.seed)
+  out = {"score": np.asarray(r.scores, np.float64)}
+  if method in scoring.VERDICT_METHODS:
+    out["prob"] = out["score"]
+  elif method == "disc":
+    out["prob"] = 1.0 / (1.0 + np.exp(-out["score"]))
+  if method in scoring.COT_METHODS:
+    out["votes"] = np.asarray(r.rationale_scores, np.float64)
+    out["rationale_tokens"] = np.asarray(r.rationale_tokens, np.float64)
   return out
 
 
-def read_scores(path: str, pools: Sequence[cands.Pool]) -> dict[str, list[np.ndarray]]:
-  """Scores of every candidate of ``pools`` from an earlier run's scores.jsonl."""
+def score_shared(spec: VerifierSpec, pools: Sequence[cands.Pool], ec: EvalConfig,
+                 task: gen.Task) -> Scored:
+  """Every pool's outputs on every process; process p scores its share ``pools[p::count]``."""
+  count = jax.process_count()
+  local = score_pools(spec, pools[jax.process_index()::count], ec, task)
+  fields = {}
+  for field, values in local.items():
+    per_process = distributed.allgather_ragged(values)
+    out: list[np.ndarray] = [np.zeros(0)] * len(pools)
+    for p, flat in enumerate(per_process):
+      share = range(p, len(pools), count)
+      bounds = np.cumsum([0] + [len(pools[i]) for i in share])
+      if bounds[-1] != len(flat):
+        raise RuntimeError(f"verifier {spec.name}: process {p} returned {len(flat)} {field}s for "
+                           f"{bounds[-1]} candidates")
+      for i, a, b in zip(share, bounds[:-1], bounds[1:]):
+        out[i] = flat[a:b]
+    fields[field] = out
+  return Scored(**fields)
+
+
+def read_scores(path: str, pools: Sequence[cands.Pool]) -> dict[str, Scored]:
+  """Outputs of every candidate of ``pools`` from an earlier run's scores.jsonl."""
   where_of = {(str(p.question_id), str(c["candidate_id"])): (i, j)
               for i, p in enumerate(pools) for j, c in enumerate(p.candidates)}
-  found: dict[str, list[np.ndarray]] = {}
+  found: dict[str, dict[str, list]] = {}
   seen = set()
   with open(path) as f:
     for lineno, line in enumerate(f, 1):
       try:
         rec = json.loads(line)
         key = (str(rec["question_id"]), str(rec["candidate_id"]))
-        scores = {name: float(v) for name, v in rec["scores"].items()}
+        values = {"score": {name: float(v) for name, v in rec["scores"].items()}}
+        for field in Scored.FIELDS[1:]:
+          values[field] = {name: np.asarray(v, np.float64)
+                           for name, v in rec.get(field, {}).items()}
       except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{path}:{lineno}: not a scores record ({e!r})") from e
       if key not in where_of:
         raise ValueError(f"{path}:{lineno}: candidate {key} is not in the candidates file")
       i, j = where_of[key]
       seen.add(key)
-      for name, value in scores.items():
-        arrays = found.setdefault(name, [np.full(len(p), np.nan) for p in pools])
-        arrays[i][j] = value
+      for field, by_name in values.items():
+        for name, value in by_name.items():
+          arrays = found.setdefault(name, {}).setdefault(field, [[None] * len(p) for p in pools])
+          arrays[i][j] = value
   if len(seen) < len(where_of):
     missing = sorted(set(where_of) - seen)[:3]
     raise ValueError(f"{path}: no scores for {len(where_of) - len(seen)} candidates, e.g. {missing}")
-  for name, arrays in found.items():
-    if any(np.isnan(a).any() for a in arrays):
-      raise ValueError(f"{path}: verifier {name!r} lacks a score for some candidates")
-  return found
+  out = {}
+  for name, fields in found.items():
+    arrays = {}
+    for field, per_pool in fields.items():
+      if any(v is None for pool in per_pool for v in pool):
+        raise ValueError(f"{path}: verifier {name!r} lacks a {field} for some candidates")
+      arrays[field] = [np.array(pool, np.float64) for pool in per_pool]
+    if "score" not in arrays:
+      raise ValueError(f"{path}: verifier {name!r} has no scores")
+    out[name] = Scored(**arrays)
+  return out
 
 
-def compute_results(pools: Sequence[cands.Pool], scores: dict[str, list[np.ndarray]],
-                    ec: EvalConfig, task: gen.Task
-                    ) -> tuple[dict[str, dict[str, float]], list[str]]:
-  """({method: {str(N): accuracy}}, notes) at N = 1, 2, 4, ..., the largest pool."""
+# ----------------------------------------------------------------------------- probes
+
+
+def probe_pools(pools: Sequence[cands.Pool], task_name: str, seed: int) -> list[cands.Pool]:
+  """Per problem: its reference solution, then the ``algorithmic.counterfactuals`` edits of it (and
+  of one of its wrong candidates), as a pool whose candidate ids are the probe names."""
+  out = []
+  for p in pools:
+    problem = algorithmic.problem_from_question(task_name, p.question)
+    rng = random.Random(f"probes/{seed}/{p.question_id}")
+    wrong = [c["solution"] for c in p.candidates if not c["correct"]]
+    edits = algorithmic.counterfactuals(problem, rng, rng.choice(wrong) if wrong else None)
+    sols = [("reference", problem.solution)] + list(edits.items())
+    out.append(cands.Pool(f"probe/{p.question_id}", p.question, problem.answer, tuple(
+        {"question_id": f"probe/{p.question_id}", "question": p.question, "solution": s,
+         "candidate_id": name, "correct": name == "reference",
+         "extracted_answer": algorithmic.extract_answer(s)} for name, s in sols)))
+  return out
+
+
+def probe_rates(probes: Sequence[cands.Pool], scores: Sequence[np.ndarray]) -> dict[str, dict]:
+  """{probe: {"rate", "problems"}}: how often the edited wrong solution outscores the reference."""
+  out = {}
+  for name in algorithmic.PROBES:
+    ref, edited = [], []
+    for pool, s in zip(probes, scores):
+      ids = [c["candidate_id"] for c in pool.candidates]
+      if name in ids:
+        ref.append(s[ids.index("reference")])
+        edited.append(s[ids.index(name)])
+    if ref:
+      out[name] = {"rate": diag.probe_rate(ref, edited), "problems": len(ref)}
+  return out
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _votes_ks(k: int) -> list[int]:
+  """The vote counts below K reported for CoT verifiers: 1, 2, 4, ..."""
+  return [1 << i for i in range(max(k - 1, 0).bit_length()) if 1 << i < k]
+
+
+def solution_tokens(pools: Sequence[cands.Pool], vocab: vocab_lib.Vocab | None
+                    ) -> list[np.ndarray] | None:
+  """Generated tokens of each candidate: ``num_tokens`` from generate, else its text in ``vocab``
+  plus EOS; None when neither is known."""
+  if all("num_tokens" in c for p in pools for c in p.candidates):
+    return [np.array([c["num_tokens"] for c in p.candidates], np.float64) for p in pools]
+  if vocab is None:
+    return None
+  return [np.array([len(vocab.encode(c["solution"].rstrip("\n"))) + 1 for c in p.candidates],
+                   np.float64) for p in pools]
+
+
+def compute_results(pools: Sequence[cands.Pool], scores: dict[str, Scored], ec: EvalConfig,
+                    task: gen.Task, sol_tokens: list[np.ndarray] | None = None) -> dict:
+  """results.json's content but diagnostics (see the module docstring)."""
   ns = ev.report_ns([len(p) for p in pools])
   what = [f"question_id {p.question_id!r}" for p in pools]
   votes = [[a and task.normalize(a) for a in p.answers] for p in pools]
@@ -189,22 +290,56 @@ def compute_results(pools: Sequence[cands.Pool], scores: dict[str, list[np.ndarr
       "self_consistency": [ev.self_consistency_curve(v, p.correct, w)
                            for p, v, w in zip(pools, votes, what)],
   }
+  tokens = {}
+  if sol_tokens is not None:
+    one = diag.tokens_per_problem(sol_tokens, [1])["1"]  # pass@1 reads one sample at any N
+    tokens = {"pass@1": {str(n): one for n in ns}, **{
+        name: diag.tokens_per_problem(sol_tokens, ns) for name in MODEL_FREE[1:]}}
   notes = []
-  for name, per_pool in scores.items():
-    curves[name] = [ev.best_of_k_curve(s, p.correct, f"{w}, verifier {name}")
-                    for p, s, w in zip(pools, per_pool, what)]
-    if all(np.all((s >= 0) & (s <= 1)) for s in per_pool):
+  for name, sc in scores.items():
+    rows = {name: (sc.score, sc.votes[0].shape[1] if sc.votes else 0)}
+    for k in _votes_ks(sc.votes[0].shape[1]) if sc.votes else ():
+      rows[f"{name}[K={k}]"] = ([v[:, :k].mean(axis=1) for v in sc.votes], k)
+    for row, (per_pool, k) in rows.items():
+      curves[row] = [ev.best_of_k_curve(s, p.correct, f"{w}, verifier {row}")
+                     for p, s, w in zip(pools, per_pool, what)]
+      if sol_tokens is not None and (not k or sc.rationale_tokens):
+        tokens[row] = diag.tokens_per_problem(sol_tokens, ns, sc.rationale_tokens, k)
+    if all(np.all((s >= 0) & (s <= 1)) for s in sc.score):
       curves[name + WEIGHTED_SUFFIX] = [
           ev.weighted_sc_curve(v, s, p.correct, top=ec.weighted_sc_top or None,
                                max_exact_subsets=ec.max_exact_subsets,
                                num_samples=ec.mc_samples, seed=ec.seed,
                                ks=[min(n, len(p)) for n in ns], what=w)
-          for p, v, s, w in zip(pools, votes, per_pool, what)]
+          for p, v, s, w in zip(pools, votes, sc.score, what)]
+      if name in tokens:
+        tokens[name + WEIGHTED_SUFFIX] = tokens[name]
     else:
       notes.append(f"{name}: scores are not probabilities, so no weighted self-consistency")
-  notes.append(f"standard error over the {len(pools)} problems at N={ns[-1]}: " + ", ".join(
-      f"{name} {ev.stderr_at(c, ns[-1]):.3f}" for name, c in curves.items()))
-  return {name: ev.at_ns(c, ns) for name, c in curves.items()}, notes
+  largest = ns[-1]
+  at = {name: np.array([c[min(largest, len(c)) - 1] for c in cs]) for name, cs in curves.items()}
+  paired = {}
+  for name, v in at.items():
+    if name not in MODEL_FREE:
+      d = v - at["pass@1"]
+      se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+      paired[name] = {"diff": float(d.mean()), "se": se}
+  return {"best_of_n": {name: ev.at_ns(c, ns) for name, c in curves.items()},
+          "tokens_per_problem": tokens,
+          "stderr": {name: ev.stderr_at(c, largest) for name, c in curves.items()},
+          "vs_pass@1": paired, "largest_n": largest, "notes": notes}
+
+
+def verifier_diagnostics(pools: Sequence[cands.Pool], scores: dict[str, Scored],
+                         probe_scores: dict[str, list[np.ndarray]],
+                         probes: Sequence[cands.Pool], bins: int) -> dict[str, dict]:
+  correct = [p.correct for p in pools]
+  out = {}
+  for name, sc in scores.items():
+    out[name] = diag.verifier_diagnostics(sc.score, correct, sc.prob, bins)
+    if name in probe_scores:
+      out[name]["probes"] = probe_rates(probes, probe_scores[name])
+  return out
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -216,48 +351,63 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
-def plot(results: dict[str, dict[str, float]], path: str, title: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for method, row in results.items():
-    ns = [int(n) for n in row]
-    bound = method in ("pass@1", "pass@n")
-    ax.plot(ns, list(row.values()), linestyle={"pass@1": ":", "pass@n": "--"}.get(method, "-"),
-            color="gray" if bound else None, marker=None if bound else "o", label=method)
-  ax.set_xscale("log", base=2)
-  ax.set_xticks(ns, [str(n) for n in ns])
-  ax.set_xlabel("N (candidates per problem)")
-  ax.set_ylabel("Best-of-N accuracy")
-  ax.set_ylim(0, 1)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+def format_diagnostics(diagnostics: dict[str, dict]) -> str:
+  """One line a verifier; a probe rate above ``diag.PROBE_ALARM`` is marked with '!'."""
+  width = max([len(n) for n in diagnostics] + [8]) + 2
+  head = ["AUC in pool", "AUC pooled", "Brier", "ECE", *algorithmic.PROBES]
+  lines = ["verifier".ljust(width) + "".join(h.rjust(max(len(h), 8) + 2) for h in head)]
+  for name, d in diagnostics.items():
+    cells = [d["within_pool_auc"], d["pooled_auc"], d.get("brier"), d.get("ece")]
+    cells += [d.get("probes", {}).get(p, {}).get("rate") for p in algorithmic.PROBES]
+    row = []
+    for h, v in zip(head, cells):
+      mark = "!" if h in algorithmic.PROBES and v is not None and v > diag.PROBE_ALARM else " "
+      row.append(("-" if v is None or (isinstance(v, float) and math.isnan(v))
+                  else f"{v:.3f}{mark}").rjust(max(len(h), 8) + 2))
+    lines.append(name.ljust(width) + "".join(row))
+  if any(d.get("probes") for d in diagnostics.values()):
+    lines.append(f"probes: fraction of problems where a wrong edit outscores the correct solution "
+                 f"(0 = checks, .5 = random, '!' above {diag.PROBE_ALARM}: reads surface features)")
+  return "\n".join(lines)
 
 
-def _scores_lines(pools, scores):
+def _scores_lines(pools, scores: dict[str, Scored]):
   for i, p in enumerate(pools):
     for j, c in enumerate(p.candidates):
-      yield {"question_id": p.question_id, "candidate_id": c["candidate_id"],
+      rec = {"question_id": p.question_id, "candidate_id": c["candidate_id"],
              "correct": c["correct"], "extracted_answer": c["extracted_answer"],
-             "scores": {name: float(s[i][j]) for name, s in scores.items()}}
+             "scores": {name: float(s.score[i][j]) for name, s in scores.items()}}
+      for field in Scored.FIELDS[1:]:
+        got = {name: np.asarray(getattr(s, field)[i][j]).tolist()
+               for name, s in scores.items() if getattr(s, field) is not None}
+        if got:
+          rec[field] = got
+      yield rec
 
 
 def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierSpec],
-                  pools: Sequence[cands.Pool], scores: dict[str, list[np.ndarray]],
-                  task: gen.Task, cand_file: str, t0: float
-                  ) -> tuple[dict[str, dict[str, float]], list[str]]:
-  """Computes the results and writes results.json, scores.jsonl, meta.json and the plot."""
-  results, notes = compute_results(pools, scores, ec, task)
+                  pools: Sequence[cands.Pool], scores: dict[str, Scored], task: gen.Task,
+                  cand_file: str, t0: float, diagnostics: dict[str, dict],
+                  sol_tokens: list[np.ndarray] | None) -> dict:
+  """Computes the results and writes results.json, scores.jsonl, meta.json and the plots."""
+  res = compute_results(pools, scores, ec, task, sol_tokens)
+  notes = res.pop("notes")
+  res["diagnostics"] = diagnostics
+  largest = res["largest_n"]
+  notes.append(f"standard error over the {len(pools)} problems at N={largest}: " + ", ".join(
+      f"{name} {se:.3f}" for name, se in res["stderr"].items()))
+  if res["vs_pass@1"]:
+    notes.append(f"paired difference from pass@1 at N={largest} (+- its standard error): " +
+                 ", ".join(f"{name} {d['diff']:+.3f} +- {d['se']:.3f}"
+                           for name, d in res["vs_pass@1"].items()))
+  if sol_tokens is None:
+    notes.append("no token counts: the candidates lack num_tokens and no verifier vocabulary "
+                 "was loaded, so tokens_per_problem is empty")
   if not scores:
     notes.append("no verifier: only the model-free rows; pass --verifier NAME=MODEL_DIR:METHOD "
                  f"(METHOD in {', '.join(list(METHODS)[:6])}) or --scores_file for Best-of-N rows")
   with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+    json.dump(res, f, indent=2)
   cands.write_jsonl_atomic(os.path.join(out, "scores.jsonl"), _scores_lines(pools, scores))
   sizes = [len(p) for p in pools]
   meta = {"task": ec.task, "candidates": cand_file if ec.candidates else "candidates.jsonl",
@@ -268,13 +418,30 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierSpec],
           "seconds": time.time() - t0}
   with open(os.path.join(out, "meta.json"), "w") as f:
     json.dump(meta, f, indent=2)
-  plot(results, os.path.join(out, "best_of_n.png"),
-       f"{ec.task}: {len(pools)} problems, {min(sizes)}-{max(sizes)} candidates each")
-  return results, notes
+  title = f"{ec.task}: {len(pools)} problems, {min(sizes)}-{max(sizes)} candidates each"
+  plots.best_of_n(res["best_of_n"], os.path.join(out, "best_of_n.png"), title)
+  compute = [m for m in res["tokens_per_problem"]
+             if m not in ("pass@1", "pass@n") and not m.endswith(WEIGHTED_SUFFIX)]
+  if compute:
+    plots.accuracy_vs_tokens(res["best_of_n"], res["tokens_per_problem"], compute,
+                             os.path.join(out, "accuracy_vs_tokens.png"), title)
+  calibrated = {n: d["reliability"] for n, d in diagnostics.items() if "reliability" in d}
+  if calibrated:
+    plots.reliability(calibrated, os.path.join(out, "reliability.png"), ec.task)
+  res["notes"] = notes
+  return res
+
+
+def _first_vocab(specs: Sequence[VerifierSpec]) -> vocab_lib.Vocab | None:
+  for s in specs:
+    tok = checkpoint.tokenizer_path(s.model_dir)
+    if tok:
+      return vocab_lib.load_vocab(tok)
+  return None
 
 
 def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: gen.GenerateConfig | None = None
-        ) -> dict[str, dict[str, float]] | None:
+        ) -> dict | None:
   """Evaluates (and, with ``ec.policy``, first generates) candidates; writes ``ec.out``.
 
   Every process must call it; the results come back on process 0, None on the others.
@@ -289,7 +456,7 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: gen.GenerateConfig | None
   if ec.policy and jax.process_count() > 1:
     raise ValueError("--policy samples candidates in a single process; with several processes, "
                      "sample them first (python -m genrm_jax.generate) and pass --candidates")
-  results = None
+  res = None
   with checkpoint.atomic_dir(ec.out, overwrite=ec.overwrite) as tmp:
     cand_file = ec.candidates
     if ec.policy:
@@ -299,21 +466,33 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: gen.GenerateConfig | None
       cands.write_candidates(cand_file, gen.generate(gc, sc), require_gold=True)
     pools = cands.read_candidates(cand_file, require_gold=ec.require_gold, checker=task.check)
     scores = read_scores(ec.scores_file, pools) if ec.scores_file else {}
+    probes = (probe_pools(pools, ec.task, ec.seed)
+              if ec.probes and ec.task in algorithmic.TASKS and specs else [])
+    probe_scores = {}
     for spec in specs:
-      scores[spec.name] = score_shared(spec, pools, ec, task)
+      both = score_shared(spec, [*pools, *probes], ec, task)
+      scores[spec.name] = Scored(**{f: getattr(both, f)[:len(pools)]
+                                    for f in Scored.FIELDS if getattr(both, f) is not None})
+      if probes:
+        probe_scores[spec.name] = both.score[len(pools):]
     if distributed.is_main():
-      results, notes = write_outputs(tmp, ec, specs, pools, scores, task, cand_file, t0)
-  if results is None:
+      diagnostics = verifier_diagnostics(pools, scores, probe_scores, probes,
+                                         ec.calibration_bins)
+      res = write_outputs(tmp, ec, specs, pools, scores, task, cand_file, t0, diagnostics,
+                          solution_tokens(pools, _first_vocab(specs)))
+  if res is None:
     return None
-  print(format_table(results))
+  print(format_table(res["best_of_n"]))
+  if res["diagnostics"]:
+    print(format_diagnostics(res["diagnostics"]))
   sizes = [len(p) for p in pools]
   if min(sizes) != max(sizes):
     print(f"note: pools hold {min(sizes)} to {max(sizes)} candidates; at N above a pool's size "
           "that problem uses its whole pool")
-  for note in notes:
+  for note in res["notes"]:
     print(f"note: {note}")
   print(f"wrote {ec.out}/results.json, best_of_n.png, scores.jsonl ({time.time() - t0:.1f}s)")
-  return results
+  return res
 
 
 def main(argv: Sequence[str] | None = None) -> None:

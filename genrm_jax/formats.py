@@ -26,6 +26,9 @@ VERDICT_PREFIX = "\nVerification:"
 COT_REQUEST = "Verification: Let's verify step by step.\n"
 YES = " Yes"
 NO = " No"
+ANSWER_IS = "The answer is"
+# The fixed text of every record, which a task vocabulary may make single pieces (vocab.PHRASES).
+PHRASES = (VERDICT_QUESTION, COT_REQUEST.rstrip("\n"), THINK.rstrip("\n"), ANSWER_IS)
 
 
 def question_prompt(question: str, instruction: str = GSM8K_INSTRUCTION) -> str:
@@ -74,12 +77,3 @@ def parse_verdict(text: str) -> bool | None:
   if not m:
     return None
   return m.group(1) == "Yes"
-
-
-def strip_verdict_markdown(text: str) -> str:
-  """Rewrites a final verdict wrapped in ``**`` into the plain released format."""
-  verdict = parse_verdict(text)
-  if verdict is None:
-    return text
-  m = _VERDICT_RE.search(text.strip())
-  return text.strip()[:m.start()] + VERDICT_QUESTION + verdict_target(verdict)

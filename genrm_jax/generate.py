@@ -80,6 +80,7 @@ class GenerateConfig:
   data_file: str = ""  # GSM8K jsonl ({"question", "answer"}) for --task gsm8k
   problem_seed: int = 0  # which algorithmic problems
   test_length: int = 0  # algorithmic test split: words per problem (0 = the paper's length)
+  lengths: tuple[int, ...] = ()  # algorithmic train/validation: words per problem (() = 2-4)
   seed: int = 0  # sampling seed
   prompts_per_batch: int = 8  # prompts sampled together (each with num_samples rows)
   mesh: tuple[int, ...] = ()  # (data, fsdp, tensor); empty = no mesh (single device)
@@ -155,7 +156,8 @@ def load_problems(gc: GenerateConfig) -> list[dict[str, Any]]:
   return [{"question_id": f"{gc.split}-{i}", "question": p.question, "gold_answer": p.answer}
           for i, p in enumerate(algorithmic.split_problems(gc.task, gc.split, gc.num_problems,
                                                            gc.problem_seed,
-                                                           gc.test_length or None))]
+                                                           gc.test_length or None,
+                                                           tuple(gc.lengths) or None))]
 
 
 def generate(gc: GenerateConfig, sc: sampler.SamplerConfig) -> list[dict[str, Any]]:
@@ -176,8 +178,21 @@ def generate(gc: GenerateConfig, sc: sampler.SamplerConfig) -> list[dict[str, An
         got = task.extract(solution)
         out.append({**p, "candidate_id": i, "solution": solution, "extracted_answer": got,
                     "correct": task.check(got, p["gold_answer"]),
-                    "finish_reason": comp.finish_reason, "task": gc.task})
+                    "finish_reason": comp.finish_reason, "num_tokens": len(comp.token_ids),
+                    "task": gc.task})
   return out
+
+
+def _int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
+  if text is None:
+    return None
+  try:
+    values = tuple(int(x) for x in text.split(","))
+  except ValueError:
+    raise SystemExit(f"error: {flag} {text!r}: expected comma-separated integers") from None
+  if not values or min(values) < 1:
+    raise SystemExit(f"error: {flag} {text!r}: expected positive integers")
+  return values
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -189,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument("--num_problems", type=int)
   ap.add_argument("--num_samples", type=int)
   ap.add_argument("--test_length", type=int, help="algorithmic test split: words per problem")
+  ap.add_argument("--lengths", help="algorithmic train/validation split: words per problem, "
+                  "comma-separated (default 2,3,4)")
   ap.add_argument("--data_file")
   ap.add_argument("--seed", type=int)
   ap.add_argument("--out")
@@ -201,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   gc = configure(GenerateConfig, checkpoint=args.checkpoint, task=args.task, split=args.split,
                  num_problems=args.num_problems, num_samples=args.num_samples,
                  test_length=args.test_length, data_file=args.data_file, seed=args.seed,
+                 lengths=_int_list("--lengths", args.lengths),
                  out=args.out)
   sc = configure(sampler.SamplerConfig, temperature=args.temperature,
                  max_new_tokens=args.max_new_tokens)

@@ -2,10 +2,11 @@
 
 Two foreign layouts are covered:
 
-* Hugging Face transformers (``GemmaForCausalLM`` / ``Gemma2ForCausalLM`` safetensors names). The
-  mapping is one table of ``TensorMap`` rows: HF name, our path, the slot of a stacked parameter
-  (``kv_einsum`` holds k and v, ``gating_einsum`` holds gate and up) and a named reshape. Import and
-  export both read the same rows, so they cannot drift apart.
+* Hugging Face transformers (``GemmaForCausalLM`` / ``Gemma2ForCausalLM`` / ``Gemma3ForCausalLM``
+  safetensors names, and the text tower of ``Gemma3ForConditionalGeneration``). The mapping is one
+  table of ``TensorMap`` rows: HF name, our path, the slot of a stacked parameter (``kv_einsum``
+  holds k and v, ``gating_einsum`` holds gate and up) and a named reshape. Import and export both
+  read the same rows, so they cannot drift apart.
 * The official Gemma Flax/orbax layout (the ``gemma`` library's tree), which is ours up to three
   variants: an optional ``transformer/`` prefix, ``qkv_einsum`` (3, N, D, H) for multi-head
   attention, and ``gating_einsum`` stored as (2, D, F) instead of (2, F, D).
@@ -25,12 +26,28 @@ from genrm_jax import model as model_lib
 from genrm_jax import sharding
 from genrm_jax.config import AttentionType, ModelConfig
 
-ARCHITECTURES = {"GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2"}
+ARCHITECTURES = {"GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2",
+                 "Gemma3ForCausalLM": "gemma3", "Gemma3ForConditionalGeneration": "gemma3"}
+_MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3"}
+_HF_CLASS = {"gemma": ("GemmaForCausalLM", "gemma"), "gemma2": ("Gemma2ForCausalLM", "gemma2"),
+             "gemma3": ("Gemma3ForCausalLM", "gemma3_text")}
+# Gemma3ForConditionalGeneration keeps the text tower under one of these prefixes (transformers 5
+# writes the first, the released checkpoints use the second), beside vision weights.
+TEXT_TOWER_PREFIXES = ("model.language_model.", "language_model.model.")
+VISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.",
+                   "multi_modal_projector.")
+# Gemma3TextConfig's defaults: released multimodal config.json files state only some fields.
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
+}
 _LAYER_TYPES = {"sliding_attention": AttentionType.LOCAL_SLIDING,
                 "full_attention": AttentionType.GLOBAL}
 _GELU_TANH = ("gelu_pytorch_tanh", "gelu", "gelu_tanh")
 # transformers always ties lm_head to the embedding for Gemma; a saved copy carries no information.
-_TIED_NAMES = ("lm_head.weight",)
+_TIED_NAMES = ("lm_head.weight", "language_model.lm_head.weight")
 
 
 # ----------------------------------------------------------------------------- the key map
@@ -113,6 +130,38 @@ _FAMILY_LAYER_ROWS = {
                   "layer_{i}/post_ffw_norm/scale", None, "copy"),
     ),
 }
+_FAMILY_LAYER_ROWS["gemma3"] = _FAMILY_LAYER_ROWS["gemma2"] + (
+    TensorMap("model.layers.{i}.self_attn.q_norm.weight", "layer_{i}/attn/_query_norm/scale", None,
+              "copy"),
+    TensorMap("model.layers.{i}.self_attn.k_norm.weight", "layer_{i}/attn/_key_norm/scale", None,
+              "copy"),
+)
+
+
+# llama.cpp's GGUF names of the HF tensors above (Gemma's pre-MLP norm is ffn_norm in all three).
+# GGUF files store every Gemma RMSNorm weight as 1 + w, the scale it applies.
+_GGUF_GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight",
+                      "model.norm.weight": "output_norm.weight"}
+_GGUF_LAYER_NAMES = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+}
+_GGUF_POST_ATTENTION = {"gemma": "ffn_norm", "gemma2": "post_attention_norm",
+                        "gemma3": "post_attention_norm"}
+
+
+def gguf_name(hf_name: str, family: str) -> str:
+  """The GGUF tensor name of an HF tensor name of a ``family`` model."""
+  if hf_name in _GGUF_GLOBAL_NAMES:
+    return _GGUF_GLOBAL_NAMES[hf_name]
+  _, _, i, rest = hf_name.split(".", 3)
+  module = rest.removesuffix(".weight")
+  gguf = (_GGUF_POST_ATTENTION[family] if module == "post_attention_layernorm"
+          else _GGUF_LAYER_NAMES[module])
+  return f"blk.{i}.{gguf}.weight"
 
 
 def key_map(cfg: ModelConfig) -> list[TensorMap]:
@@ -158,17 +207,74 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 # ----------------------------------------------------------------------------- config.json
 
 
-def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
-  """ModelConfig from a transformers Gemma / Gemma 2 config dict; unsupported fields fail loudly."""
+def text_tower_names(names: set[str] | list[str]) -> tuple[dict[str, str], list[str]]:
+  """For a Gemma3ForConditionalGeneration checkpoint: {name as in Gemma3ForCausalLM: name in the
+  file} of the text tower's tensors, and the vision tensors, which are left out."""
+  tower, vision = {}, []
+  for n in names:
+    prefix = next((p for p in TEXT_TOWER_PREFIXES if n.startswith(p)), None)
+    if prefix is not None:
+      tower["model." + n[len(prefix):]] = n
+    elif n.startswith(VISION_PREFIXES):
+      vision.append(n)
+    else:
+      tower[n] = n  # lm_head, or a stray tensor the key map will name
+  return tower, sorted(vision)
+
+
+def family_of(hf: dict[str, Any], where: str = "config.json") -> str:
   archs = hf.get("architectures") or []
   if archs:
     family = ARCHITECTURES.get(archs[0]) if len(archs) == 1 else None
   else:
-    family = {"gemma": "gemma", "gemma2": "gemma2"}.get(hf.get("model_type"))
+    family = _MODEL_TYPES.get(hf.get("model_type"))
   if family is None:
     raise ValueError(
         f"{where}: architectures={archs} model_type={hf.get('model_type')!r} is not supported; "
         f"expected one of {sorted(ARCHITECTURES)}")
+  return family
+
+
+def is_multimodal(hf: dict[str, Any]) -> bool:
+  return "text_config" in hf or hf.get("model_type") == "gemma3"
+
+
+def _gemma3_rope(hf: dict[str, Any], where: str) -> dict[str, float]:
+  """Our RoPE fields from either transformers 5's per-layer-type ``rope_parameters`` or the older
+  ``rope_theta`` / ``rope_local_base_freq`` / ``rope_scaling`` fields."""
+  params = hf.get("rope_parameters") or {}
+  full = dict(params.get("full_attention") or {})
+  local = dict(params.get("sliding_attention") or {})
+  full.setdefault("rope_theta", hf.get("rope_theta", GEMMA3_TEXT_DEFAULTS["rope_theta"]))
+  local.setdefault("rope_theta",
+                   hf.get("rope_local_base_freq", GEMMA3_TEXT_DEFAULTS["rope_local_base_freq"]))
+  if hf.get("rope_scaling"):
+    full.update(hf["rope_scaling"])
+  kinds = {"full_attention": full, "sliding_attention": local}
+  for name, rope in kinds.items():
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ("default", "linear") or (kind == "linear" and name != "full_attention"):
+      raise ValueError(f"{where}: field 'rope_parameters'[{name!r}]={rope} is not supported "
+                       "(default RoPE, or linear scaling of global layers)")
+  scale = float(full.get("factor", 1.0)) if full.get("rope_type", full.get("type")) == "linear" \
+      else 1.0
+  return dict(rope_base=float(full["rope_theta"]), local_rope_base=float(local["rope_theta"]),
+              global_rope_scale=scale)
+
+
+def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
+  """ModelConfig from a transformers Gemma / Gemma 2 / Gemma 3 config dict (of a multimodal Gemma
+  3, its ``text_config``); unsupported fields fail loudly."""
+  family = family_of(hf, where)
+  if family == "gemma3":
+    text = hf.get("text_config", hf) if is_multimodal(hf) else hf
+    hf = {**GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in text.items() if v is not None}}
+    if hf.get("use_bidirectional_attention"):
+      raise ValueError(f"{where}: field 'use_bidirectional_attention'=true is not supported "
+                       "(genrm-jax models are causal)")
+    if hf.get("attn_logit_softcapping") is not None:
+      raise ValueError(f"{where}: field 'attn_logit_softcapping'={hf['attn_logit_softcapping']} "
+                       "is not supported: transformers' Gemma 3 attention never applies it")
 
   def need(key):
     if key not in hf or hf[key] is None:
@@ -182,11 +288,14 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     raise ValueError(f"{where}: field 'tie_word_embeddings'=false; Gemma ties the output layer")
   if hf.get("attention_bias"):
     raise ValueError(f"{where}: field 'attention_bias'=true is not supported")
-  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  if rope.get("rope_type", rope.get("type", "default")) != "default":
-    raise ValueError(f"{where}: field 'rope_parameters'={rope} is not supported "
-                     "(default RoPE only)")
-  rope_base = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
+  if family == "gemma3":
+    rope_kw = _gemma3_rope(hf, where)
+  else:
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+      raise ValueError(f"{where}: field 'rope_parameters'={rope} is not supported "
+                       "(default RoPE only)")
+    rope_kw = dict(rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10_000.0))))
 
   num_layers = need("num_hidden_layers")
   kw: dict[str, Any] = dict(
@@ -194,11 +303,15 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
       hidden_dim=need("intermediate_size"), num_heads=need("num_attention_heads"),
       num_kv_heads=hf.get("num_key_value_heads") or need("num_attention_heads"),
       head_dim=hf.get("head_dim") or need("hidden_size") // need("num_attention_heads"),
-      rope_base=float(rope_base), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      max_seq_len=int(hf.get("max_position_embeddings", 8192)), family=family)
-  if family == "gemma2":
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      max_seq_len=int(hf.get("max_position_embeddings", 8192)), family=family, **rope_kw)
+  if family in ("gemma2", "gemma3"):
+    # Gemma 2 alternates from a local layer; Gemma 3 repeats 5 local, 1 global (or every
+    # sliding_window_pattern-th layer global, in older config files).
+    every = 2 if family == "gemma2" else int(hf.get("sliding_window_pattern") or 6)
     layer_types = hf.get("layer_types") or [
-        "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+        "full_attention" if (i + 1) % every == 0 else "sliding_attention"
+        for i in range(num_layers)]
     if len(layer_types) != num_layers or any(t not in _LAYER_TYPES for t in layer_types):
       raise ValueError(f"{where}: field 'layer_types'={layer_types} does not give one of "
                        f"{sorted(_LAYER_TYPES)} per layer ({num_layers} layers)")
@@ -210,12 +323,15 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
               attention_types=tuple(_LAYER_TYPES[t] for t in layer_types[:period]),
               sliding_window_size=(hf.get("sliding_window")
                                    if "sliding_attention" in layer_types else None),
-              use_post_attn_norm=True, use_post_ffw_norm=True)
+              use_post_attn_norm=True, use_post_ffw_norm=True, use_qk_norm=family == "gemma3")
   return ModelConfig(**kw)
 
 
 def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
   """The transformers config.json dict for ``cfg``; fails when HF cannot express the model."""
+  gemma3 = (("use_qk_norm", cfg.use_qk_norm),
+            ("local_rope_base", cfg.local_rope_base not in (None, cfg.rope_base)),
+            ("global_rope_scale", cfg.global_rope_scale != 1.0))
   if cfg.family == "gemma":
     extras = [f for f, bad in (
         ("attn_logits_soft_cap", cfg.attn_logits_soft_cap is not None),
@@ -224,15 +340,24 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
         ("use_post_ffw_norm", cfg.use_post_ffw_norm),
         ("attention_types", AttentionType.LOCAL_SLIDING in cfg.attention_types),
         ("query_pre_attn_scalar", cfg.query_pre_attn_scalar not in (None, cfg.head_dim)))
-              if bad]
+              + gemma3 if bad]
     if extras:
-      raise ValueError(f"ModelConfig fields {extras} are Gemma 2 features; GemmaForCausalLM "
-                       "cannot express them (use family='gemma2')")
+      raise ValueError(f"ModelConfig fields {extras} are Gemma 2/3 features; GemmaForCausalLM "
+                       "cannot express them (use family='gemma2' or 'gemma3')")
   elif not (cfg.use_post_attn_norm and cfg.use_post_ffw_norm):
-    raise ValueError("ModelConfig: Gemma2ForCausalLM always has post-attention and post-ffw norms")
+    raise ValueError(f"ModelConfig: {_HF_CLASS[cfg.family][0]} always has post-attention and "
+                     "post-ffw norms")
+  elif cfg.family == "gemma2" and any(bad for _, bad in gemma3):
+    raise ValueError(f"ModelConfig fields {[f for f, bad in gemma3 if bad]} are Gemma 3 "
+                     "features; Gemma2ForCausalLM cannot express them (use family='gemma3')")
+  elif cfg.family == "gemma3" and not cfg.use_qk_norm:
+    raise ValueError("ModelConfig: Gemma3ForCausalLM always has QK-norm (use_qk_norm=True)")
+  elif cfg.family == "gemma3" and cfg.attn_logits_soft_cap is not None:
+    raise ValueError("ModelConfig field attn_logits_soft_cap: Gemma3ForCausalLM never applies "
+                     "attention soft-capping")
+  arch, model_type = _HF_CLASS[cfg.family]
   d: dict[str, Any] = {
-      "architectures": ["GemmaForCausalLM" if cfg.family == "gemma" else "Gemma2ForCausalLM"],
-      "model_type": cfg.family, "dtype": dtype,
+      "architectures": [arch], "model_type": model_type, "dtype": dtype,
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.embed_dim,
       "intermediate_size": cfg.hidden_dim, "num_hidden_layers": cfg.num_layers,
       "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
@@ -244,15 +369,23 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
   }
   if cfg.family == "gemma":
     d["hidden_act"] = "gelu_pytorch_tanh"
-  else:
-    inv = {v: k for k, v in _LAYER_TYPES.items()}
-    d.update(hidden_activation="gelu_pytorch_tanh",
-             query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
-             attn_logit_softcapping=cfg.attn_logits_soft_cap,
-             final_logit_softcapping=cfg.final_logit_soft_cap,
-             # transformers builds the sliding mask even when no layer uses it.
-             sliding_window=cfg.sliding_window_size or cfg.max_seq_len,
-             layer_types=[inv[t] for t in cfg.layer_attention_types])
+    return d
+  inv = {v: k for k, v in _LAYER_TYPES.items()}
+  d.update(hidden_activation="gelu_pytorch_tanh",
+           query_pre_attn_scalar=cfg.query_pre_attn_scalar or cfg.head_dim,
+           attn_logit_softcapping=cfg.attn_logits_soft_cap,
+           final_logit_softcapping=cfg.final_logit_soft_cap,
+           # transformers builds the sliding mask even when no layer uses it.
+           sliding_window=cfg.sliding_window_size or cfg.max_seq_len,
+           layer_types=[inv[t] for t in cfg.layer_attention_types])
+  if cfg.family == "gemma3":
+    base, scale = cfg.rope(AttentionType.GLOBAL)
+    full = {"rope_type": "default", "rope_theta": base}
+    if scale != 1.0:
+      full = {"rope_type": "linear", "rope_theta": base, "factor": scale}
+    local = {"rope_type": "default", "rope_theta": cfg.rope(AttentionType.LOCAL_SLIDING)[0]}
+    d.update(rope_parameters={"full_attention": full, "sliding_attention": local},
+             use_bidirectional_attention=False)
   return d
 
 

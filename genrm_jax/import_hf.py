@@ -1,10 +1,14 @@
-"""Import a Hugging Face Gemma / Gemma 2 folder (or an official Gemma Flax checkpoint).
+"""Import a Hugging Face Gemma / Gemma 2 / Gemma 3 folder, a GGUF file, or an official Gemma Flax
+checkpoint.
 
     python -m genrm_jax.import_hf --hf_dir DIR --out MODEL_DIR [--tokenizer tokenizer.model]
+    python -m genrm_jax.import_hf --gguf FILE.gguf --out MODEL_DIR
     python -m genrm_jax.import_hf --official_dir CKPT --preset gemma2_2b --out MODEL_DIR
 
 The HF folder holds config.json and model.safetensors or sharded model-*.safetensors with
-model.safetensors.index.json. Tensors are read one at a time (memory-mapped by safetensors) and
+model.safetensors.index.json. Of a Gemma3ForConditionalGeneration checkpoint (Gemma 3 4B-27B) only
+the text tower is imported; its vision tensors are counted in the log and the model's metadata.
+A GGUF file (``genrm_jax.gguf_import``) brings its own vocabulary, written as tokenizer.model. Tensors are read one at a time (memory-mapped by safetensors) and
 put into their shards, so the host never holds two copies of the model. Every check (config,
 tensor names and shapes, vocabulary size) runs before anything is written; the output directory
 is written atomically.
@@ -16,6 +20,7 @@ import argparse
 import contextlib
 import glob
 import json
+import logging
 import os
 from typing import Any
 
@@ -30,16 +35,30 @@ from genrm_jax.config import ModelConfig, preset
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def read_hf_config(hf_dir: str) -> ModelConfig:
+def _config_json(hf_dir: str) -> tuple[dict[str, Any], str]:
   path = os.path.join(hf_dir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{hf_dir}: config.json is missing")
   with open(path) as f:
     try:
-      d = json.load(f)
+      return json.load(f), path
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
+
+
+def read_hf_config(hf_dir: str) -> ModelConfig:
+  d, path = _config_json(hf_dir)
   return hf_convert.config_from_hf(d, where=path)
+
+
+def _model_tensors(hf_dir: str) -> tuple[dict[str, tuple[str, str]], list[str]]:
+  """{HF name as Gemma*ForCausalLM spells it: (file, name in the file)}, and the vision tensors
+  of a multimodal checkpoint, which are left out."""
+  files = tensor_files(hf_dir)
+  if not hf_convert.is_multimodal(_config_json(hf_dir)[0]):
+    return {name: (fn, name) for name, fn in files.items()}, []
+  tower, vision = hf_convert.text_tower_names(files)
+  return {name: (files[in_file], in_file) for name, in_file in tower.items()}, vision
 
 
 def tensor_files(hf_dir: str) -> dict[str, str]:
@@ -81,15 +100,18 @@ def check_vocab(cfg: ModelConfig, tokenizer_path: str, allow_padding: bool = Fal
 def load_hf(hf_dir: str, mesh=None) -> tuple[ModelConfig, Any]:
   """(config, params) of a HF Gemma folder; params land in their shards when ``mesh`` is given."""
   cfg = read_hf_config(hf_dir)
-  files = tensor_files(hf_dir)
+  files, vision = _model_tensors(hf_dir)
+  if vision:
+    logging.warning("%s: importing the text tower only; %d vision tensors are left out",
+                    hf_dir, len(vision))
   with contextlib.ExitStack() as stack:
     handles: dict[str, Any] = {}
 
     def get_tensor(name: str) -> np.ndarray:
-      fn = files[name]
+      fn, in_file = files[name]
       if fn not in handles:
         handles[fn] = stack.enter_context(safe_open(fn, framework="numpy"))
-      return handles[fn].get_tensor(name)
+      return handles[fn].get_tensor(in_file)
 
     params = hf_convert.params_from_hf(cfg, get_tensor, set(files), mesh=mesh, where=hf_dir)
   return cfg, params
@@ -100,12 +122,16 @@ def import_hf(hf_dir: str, out: str, tokenizer: str | None = None, mesh=None,
   """Writes a genrm-jax model directory from a HF folder; returns ``out``."""
   tokenizer = tokenizer or _existing(os.path.join(hf_dir, "tokenizer.model"))
   cfg = read_hf_config(hf_dir)
+  multimodal = hf_convert.is_multimodal(_config_json(hf_dir)[0])
   if tokenizer:
-    check_vocab(cfg, tokenizer)
+    # A multimodal Gemma 3 pads its embedding past the tokenizer (262_208 rows, 262_144 pieces).
+    check_vocab(cfg, tokenizer, allow_padding=multimodal)
   cfg, params = load_hf(hf_dir, mesh=mesh)
+  source: dict[str, Any] = {"hf_dir": os.path.abspath(hf_dir)}
+  if multimodal:
+    source["vision_tensors_left_out"] = len(_model_tensors(hf_dir)[1])
   return checkpoint.save_model_dir(out, cfg, params, tokenizer_path=tokenizer,
-                                   extra={"source": {"hf_dir": os.path.abspath(hf_dir)}},
-                                   overwrite=overwrite)
+                                   extra={"source": source}, overwrite=overwrite)
 
 
 def load_official(ckpt_dir: str, cfg: ModelConfig) -> Any:
@@ -136,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   src = ap.add_mutually_exclusive_group(required=True)
   src.add_argument("--hf_dir", help="Hugging Face folder: config.json + *.safetensors")
+  src.add_argument("--gguf", help="GGUF file of a Gemma / Gemma 2 / Gemma 3 (llama.cpp)")
   src.add_argument("--official_dir", help="official Gemma Flax/orbax checkpoint directory")
   ap.add_argument("--preset", help="model preset of an official checkpoint (e.g. gemma2_2b)")
   ap.add_argument("--out", required=True, help="genrm-jax model directory to write")
@@ -144,6 +171,11 @@ def main(argv: list[str] | None = None) -> None:
   args = ap.parse_args(argv)
   if args.hf_dir:
     import_hf(args.hf_dir, args.out, args.tokenizer, overwrite=args.overwrite)
+  elif args.gguf:
+    if args.tokenizer:
+      ap.error("--gguf brings its own vocabulary; --tokenizer does not apply")
+    from genrm_jax import gguf_import  # pylint: disable=g-import-not-at-top
+    gguf_import.import_gguf(args.gguf, args.out, overwrite=args.overwrite)
   else:
     if not args.preset:
       ap.error("--official_dir needs --preset (official checkpoints carry no config)")

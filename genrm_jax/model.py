@@ -1,4 +1,4 @@
-"""Gemma and Gemma 2 as one pure Flax module, with a KV cache and logical sharding names.
+"""Gemma, Gemma 2 and Gemma 3 as one pure Flax module, with a KV cache and logical sharding names.
 
 Shapes in einsums: B batch, T query length, S key length (cache slots), D embed, N query heads,
 K kv heads, G = N // K query heads per kv head, H head dim, F MLP hidden, V vocab.
@@ -6,7 +6,12 @@ K kv heads, G = N // K query heads per kv head, H head dim, F MLP hidden, V voca
 The parameter tree mirrors the official Gemma Flax layout (``embedder/input_embedding``,
 ``layer_{i}/attn/q_einsum/w`` ...), so official checkpoints map onto it by name. With
 ``scan_layers`` the layers are stacked under ``layers/block_{j}`` (one block per entry of the
-attention pattern, stacked over pattern repeats); ``unscan_params``/``scan_params`` convert.
+attention pattern, stacked over pattern repeats); layers past the last whole repeat (Gemma 3 1B:
+26 = 4 x 6 + 2) stay ``layer_{i}`` and run after the scan. ``unscan_params``/``scan_params`` convert.
+
+The KV cache holds global layers' keys by cache index (``k``, ``v``: one slot per token written) and
+local sliding-window layers' keys by position modulo the window (``k_local``, ``v_local``: at most
+``sliding_window_size`` slots), so a long context costs local layers no more than their window.
 """
 
 from __future__ import annotations
@@ -131,11 +136,14 @@ def _dense_bwd(spec, res, g):
 dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-  """Rotary embedding on [B, T, heads, H], rotating the two halves of H (Gemma's layout)."""
+def apply_rope(x: jax.Array, positions: jax.Array, base: float, scale: float = 1.0) -> jax.Array:
+  """Rotary embedding on [B, T, heads, H], rotating the two halves of H (Gemma's layout).
+
+  ``scale`` > 1 is linear position interpolation (Gemma 3's global layers): positions / scale.
+  """
   h = x.shape[-1]
   fraction = 2 * jnp.arange(h // 2, dtype=jnp.float32) / h
-  timescale = base ** fraction
+  timescale = base ** fraction * scale
   angle = positions[..., None].astype(jnp.float32) / timescale  # [B, T, H/2]
   sin = jnp.sin(angle)[:, :, None, :]
   cos = jnp.cos(angle)[:, :, None, :]
@@ -153,7 +161,7 @@ class Attention(nn.Module):
   attention_type: AttentionType
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache, layer, write_index):
+  def __call__(self, x, positions, mask, cache, layer, write):
     cfg = self.cfg
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
     dt = _dtype(cfg.dtype)
@@ -170,8 +178,12 @@ class Attention(nn.Module):
     # and add (the profile of a CPU train step showed both).
     kk = dense("BTD,KDH->BTKH", x, wkv[0].astype(dt))
     vv = dense("BTD,KDH->BTKH", x, wkv[1].astype(dt))
-    q = apply_rope(q, positions, cfg.rope_base) * jnp.asarray(cfg.query_scale, dt)
-    kk = apply_rope(kk, positions, cfg.rope_base)
+    if cfg.use_qk_norm:
+      q = RMSNorm(cfg, name="_query_norm")(q)
+      kk = RMSNorm(cfg, name="_key_norm")(kk)
+    base, scale = cfg.rope(self.attention_type)
+    q = apply_rope(q, positions, base, scale) * jnp.asarray(cfg.query_scale, dt)
+    kk = apply_rope(kk, positions, base, scale)
     q = sharding.constrain(q, ("batch", "length", "act_heads", None))
     kk = sharding.constrain(kk, ("batch", "length", "act_kv_heads", None))
 
@@ -183,22 +195,8 @@ class Attention(nn.Module):
     kt = kk.transpose(0, 2, 3, 1)
     values, v_axes = vv, "BSKH"
     if cache is not None:
-      vt = vv.transpose(0, 2, 3, 1)
-      # The new keys and values are written into their buffer in place, then read back: updating
-      # a slice and stacking it back makes XLA copy the whole cache at every decode step.
-      stacked = not isinstance(cache["k"], tuple)
-      at = layer if stacked else 0
-      new_cache = {}
-      for name, new in (("k", kt), ("v", vt)):
-        buf = cache[name] if stacked else cache[name][layer]
-        buf = jax.lax.dynamic_update_slice(buf, new[None].astype(buf.dtype),
-                                           (at, 0, 0, 0, write_index))
-        new_cache[name] = (buf if stacked else
-                           cache[name][:layer] + (buf,) + cache[name][layer + 1:])
-      cache = new_cache
-      kt, values = (jax.lax.dynamic_index_in_dim(
-          cache[name] if stacked else cache[name][layer], at, keepdims=False).astype(dt)
-                    for name in ("k", "v"))
+      kt, values, cache = _cache_update(cache, self.attention_type, kk, vv, layer, write,
+                                        mask.shape[-1], dt)
       v_axes = "BKHS"
 
     b, t = q.shape[:2]
@@ -212,6 +210,43 @@ class Attention(nn.Module):
     enc = dense(f"BKTGS,{v_axes}->BTKGH", probs, values).reshape(b, t, n, h)
     out = dense("BTNH,NHD->BTD", enc, wo.astype(dt))
     return out, cache
+
+
+CACHE_NAMES = {AttentionType.GLOBAL: ("k", "v"), AttentionType.LOCAL_SLIDING: ("k_local", "v_local")}
+
+
+def _cache_update(cache, kind, kk, vv, layer, write, num_keys, dt):
+  """Writes one layer's new keys/values [B, T, K, H] into the cache; returns the keys and values
+  it attends to, [B, K, H, S] each, and the new cache.
+
+  Each buffer is [n, B, K, H, S] (see ``init_cache``): the stack of all layers of ``kind``
+  (``layer`` indexes it) or, in a tuple, the one buffer of layer ``layer``. The new entries are
+  written in place and read back: updating a slice and stacking it back makes XLA copy the whole
+  cache at every decode step. Global layers write at cache index ``write['index']`` on; local
+  layers at ``write['local_slots']`` (position mod window, per row). Once local layers' cache is
+  a ring shorter than the cache (``num_keys``, the local mask's key count, then exceeds it), new
+  tokens may overwrite keys that earlier queries of this call still see, so they attend to the
+  ring as it was followed by the new tokens.
+  """
+  names = CACHE_NAMES[kind]
+  stacked = not isinstance(cache[names[0]], tuple)
+  at = layer if stacked else 0
+  new, read = {}, []
+  for name, x in zip(names, (kk, vv)):
+    buf = cache[name] if stacked else cache[name][layer]
+    xt = x.transpose(0, 2, 3, 1)  # [B, K, H, T]
+    if kind == AttentionType.GLOBAL:
+      upd = jax.lax.dynamic_update_slice(buf, xt[None].astype(buf.dtype),
+                                         (at, 0, 0, 0, write["index"]))
+    else:
+      # Row and slot index pairs [B, T] around the head axes: the update is [B, T, K, H].
+      rows = jnp.arange(x.shape[0])[:, None]
+      upd = buf.at[at, rows, :, :, write["local_slots"]].set(x.astype(buf.dtype), mode="drop")
+    ring = kind == AttentionType.LOCAL_SLIDING and num_keys != buf.shape[-1]
+    stored = jax.lax.dynamic_index_in_dim(buf if ring else upd, at, keepdims=False).astype(dt)
+    read.append(jnp.concatenate([stored, xt], axis=-1) if ring else stored)
+    new[name] = upd if stacked else cache[name][:layer] + (upd,) + cache[name][layer + 1:]
+  return read[0], read[1], {**cache, **new}
 
 
 class MLP(nn.Module):
@@ -238,12 +273,12 @@ class Block(nn.Module):
   attention_type: AttentionType
 
   @nn.compact
-  def __call__(self, x, positions, masks, cache, layer, write_index):
+  def __call__(self, x, positions, masks, cache, layer, write):
     cfg = self.cfg
     mask = masks[self.attention_type.value]
     y = RMSNorm(cfg, name="pre_attention_norm")(x)
     y, cache = Attention(cfg, self.attention_type, name="attn")(
-        y, positions, mask, cache, layer, write_index)
+        y, positions, mask, cache, layer, write)
     if cfg.use_post_attn_norm:
       y = RMSNorm(cfg, name="post_attention_norm")(y)
     x = x + y
@@ -276,14 +311,22 @@ class _PatternGroup(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, carry, group, positions, masks, write_index):
+  def __call__(self, carry, group, positions, masks, write):
     x, cache = carry
     block = _block_class(self.cfg)
-    p = len(self.cfg.attention_types)
-    for j, kind in enumerate(self.cfg.attention_types):
-      x, cache = block(self.cfg, kind, name=f"block_{j}")(x, positions, masks, cache,
-                                                         group * p + j, write_index)
+    pattern = self.cfg.attention_types
+    for j, kind in enumerate(pattern):
+      # This layer's index in the cache stack of its kind.
+      index = group * pattern.count(kind) + pattern[:j].count(kind)
+      x, cache = block(self.cfg, kind, name=f"block_{j}")(x, positions, masks, cache, index,
+                                                         write)
     return (x, cache), None
+
+
+def _stack_index(cfg: ModelConfig, i: int) -> int:
+  """Layer i's index in the cache stack of its attention kind."""
+  kinds = cfg.layer_attention_types
+  return kinds[:i].count(kinds[i])
 
 
 class Transformer(nn.Module):
@@ -304,16 +347,15 @@ class Transformer(nn.Module):
     cfg = self.cfg
     self.embedder = Embedder(cfg)
     self.final_norm = RMSNorm(cfg)
-    if cfg.scan_layers:
-      p = len(cfg.attention_types)
+    if cfg.scan_groups:
       self.layers = nn.scan(
           _PatternGroup, variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers // p,
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.scan_groups,
           metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
-    else:
-      block = _block_class(cfg)
-      self.blocks = [block(cfg, kind, name=f"layer_{i}")
-                     for i, kind in enumerate(cfg.layer_attention_types)]
+    block = _block_class(cfg)
+    first = cfg.scan_groups * len(cfg.attention_types)
+    self.blocks = [block(cfg, kind, name=f"layer_{i}")
+                   for i, kind in enumerate(cfg.layer_attention_types) if i >= first]
 
   def embed(self, tokens):
     cfg = self.cfg
@@ -339,27 +381,32 @@ class Transformer(nn.Module):
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
     valid = segment_ids != 0
+    kv = write = local_k_pos = None
     if cache is None:
-      k_pos, k_valid, k_seg, write_index = positions, valid, segment_ids, None
+      k_pos, k_valid, k_seg = positions, valid, segment_ids
     else:
-      write_index = cache["end"]
-      k_pos = jax.lax.dynamic_update_slice(cache["pos"], jnp.where(valid, positions, -1),
-                                           (0, write_index))
+      new_pos = jnp.where(valid, positions, -1)
+      write = {"index": cache["end"]}
+      k_pos = jax.lax.dynamic_update_slice(cache["pos"], new_pos, (0, cache["end"]))
       k_valid, k_seg = k_pos >= 0, None
-    masks = attention_masks(cfg, positions, segment_ids, k_pos, k_valid, k_seg)
+      kv = {k: v for k, v in cache.items() if k.startswith(("k", "v"))}
+      if "pos_local" in cache:
+        write["local_slots"], pos_local, local_k_pos = _local_writes(cfg, cache, new_pos)
+    masks = attention_masks(cfg, positions, segment_ids, k_pos, k_valid, k_seg, local_k_pos)
 
     x = self.embed(tokens)
-    kv = None if cache is None else {"k": cache["k"], "v": cache["v"]}
-    if cfg.scan_layers:
-      groups = jnp.arange(cfg.num_layers // len(cfg.attention_types))
-      (x, kv), _ = self.layers((x, kv), groups, positions, masks, write_index)
-    else:
-      for i, block in enumerate(self.blocks):
-        x, kv = block(x, positions, masks, kv, i, write_index)
+    if cfg.scan_groups:
+      groups = jnp.arange(cfg.scan_groups)
+      (x, kv), _ = self.layers((x, kv), groups, positions, masks, write)
+    first = cfg.scan_groups * len(cfg.attention_types)
+    for i, block in enumerate(self.blocks, start=first):
+      x, kv = block(x, positions, masks, kv, _stack_index(cfg, i), write)
 
     new_cache = None
     if cache is not None:
-      new_cache = dict(kv, pos=k_pos, end=write_index + tokens.shape[1])
+      new_cache = dict(kv, pos=k_pos, end=cache["end"] + tokens.shape[1])
+      if "pos_local" in cache:
+        new_cache["pos_local"] = pos_local
     return self.final_norm(x), new_cache
 
 
@@ -370,43 +417,106 @@ def unembed(cfg: ModelConfig, embedding: jax.Array, hidden: jax.Array) -> jax.Ar
   return sharding.constrain(logits, ("batch", "length", "act_vocab"))
 
 
-def attention_masks(cfg: ModelConfig, q_pos, q_seg, k_pos, k_valid, k_seg):
+def attention_masks(cfg: ModelConfig, q_pos, q_seg, k_pos, k_valid, k_seg, local_k_pos=None):
   """Boolean [B, T, S] masks for global and local-sliding layers.
 
   Causality is by position, so it holds for packed segments (positions restart per segment) and
-  for left-padded prompts in a cache (padding slots carry position -1).
+  for left-padded prompts in a cache (padding slots carry position -1). ``local_k_pos`` are the
+  key positions of local layers when their cache differs from the global one (-1: empty).
   """
   allowed = k_valid[:, None, :] & (k_pos[:, None, :] <= q_pos[:, :, None])
   if k_seg is not None:
     allowed &= k_seg[:, None, :] == q_seg[:, :, None]
   masks = {AttentionType.GLOBAL.value: allowed}
   if AttentionType.LOCAL_SLIDING in cfg.attention_types:
+    local = allowed
+    if local_k_pos is not None:
+      k_pos = local_k_pos
+      local = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])
     near = (q_pos[:, :, None] - k_pos[:, None, :]) < cfg.sliding_window_size
-    masks[AttentionType.LOCAL_SLIDING.value] = allowed & near
+    masks[AttentionType.LOCAL_SLIDING.value] = local & near
   return masks
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
-  """An empty KV cache with ``length`` slots per sequence.
+def _local_writes(cfg: ModelConfig, cache: Cache, new_pos):
+  """Where local layers store new tokens (position mod window, per row; out of range = dropped),
+  their cache's new positions, and the key positions they attend to (see ``_cache_update``).
 
-  "k" and "v" hold [n, B, K, H, S] buffers: all layers in one (n = num_layers) with
-  ``scan_layers``, whose scan carries it, else a tuple of one buffer (n = 1) per layer, since
+  A row's positions are below the cache length (they count its real tokens), so while the cache
+  is no longer than the window no two positions share a slot and the slots never move as it grows.
+  """
+  w = cfg.sliding_window_size
+  old = cache["pos_local"]
+  n = old.shape[1]
+  # Of a row's new tokens only the last w positions are kept: two tokens w apart share a slot.
+  keep = (new_pos >= 0) & (new_pos > jnp.max(new_pos, axis=1, keepdims=True) - w)
+  slots = jnp.where(keep, new_pos % w, n)
+  pos_local = old.at[jnp.arange(old.shape[0])[:, None], slots].set(new_pos, mode="drop")
+  if n < cache["pos"].shape[1]:
+    return slots, pos_local, jnp.concatenate([old, new_pos], axis=1)
+  return slots, pos_local, pos_local
+
+
+def _local_slots(cfg: ModelConfig, length: int) -> int:
+  return min(length, cfg.sliding_window_size)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
+  """An empty KV cache for ``length`` tokens per sequence; local layers get at most
+  ``sliding_window_size`` slots.
+
+  Keys and values are [n, B, K, H, S] buffers: with ``scan_layers`` all layers of a kind in one
+  (n = their count), which the scan carries; else a tuple of one buffer (n = 1) per layer, since
   reading one layer out of a stacked buffer copies that layer's whole cache at every decode step
   (with the transposes the [B, S, K, H] layout cost, 60% of a long-prompt decode, measured).
   """
   dt = _dtype(dtype or cfg.dtype)
-  shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
-  if cfg.scan_layers:
-    k = v = jnp.zeros((cfg.num_layers, *shape), dt)
-  else:
-    k = v = tuple(jnp.zeros((1, *shape), dt) for _ in range(cfg.num_layers))
-  return {"k": k, "v": v, "pos": jnp.full((batch, length), -1, jnp.int32),
-          "end": jnp.zeros((), jnp.int32)}
+  cache = {"pos": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
+  kinds = cfg.layer_attention_types
+  for kind, names in CACHE_NAMES.items():
+    if kind in kinds:
+      slots = length if kind == AttentionType.GLOBAL else _local_slots(cfg, length)
+      shape = (batch, cfg.num_kv_heads, cfg.head_dim, slots)
+      n = kinds.count(kind)
+      buf = (jnp.zeros((n, *shape), dt) if cfg.scan_layers
+             else tuple(jnp.zeros((1, *shape), dt) for _ in range(n)))
+      cache.update({name: buf for name in names})
+  if AttentionType.LOCAL_SLIDING in kinds:
+    cache["pos_local"] = jnp.full((batch, _local_slots(cfg, length)), -1, jnp.int32)
+  return cache
 
 
-CACHE_LOGICAL = {"k": ("layers", "batch", "act_kv_heads", None, "kv_length"),
-                 "v": ("layers", "batch", "act_kv_heads", None, "kv_length"),
-                 "pos": ("batch", "kv_length"), "end": ()}
+def cache_rows(cache: Cache, parent: jax.Array) -> Cache:
+  """Rows ``parent`` (repeats allowed) of every cache array: row i becomes that of parent[i]."""
+  return {name: x if name == "end" else jax.tree.map(
+      lambda a, name=name: jnp.take(a, parent, axis=CACHE_LOGICAL[name].index("batch")), x)
+          for name, x in cache.items()}
+
+
+def grow_cache(cfg: ModelConfig, cache: Cache, n: int) -> Cache:
+  """Room for ``n`` more tokens (empty slots); local layers' caches stop growing at the window."""
+  length = cache["pos"].shape[1] + n
+  out = {}
+  for name, x in cache.items():
+    if name == "end":
+      out[name] = x
+      continue
+    axis = CACHE_LOGICAL[name].index("kv_length")
+    target = length if name in ("k", "v", "pos") else _local_slots(cfg, length)
+
+    def grow(a, axis=axis, target=target, name=name):
+      pad = [(0, 0)] * a.ndim
+      pad[axis] = (0, target - a.shape[axis])
+      return jnp.pad(a, pad, constant_values=-1 if name.startswith("pos") else 0)
+
+    out[name] = jax.tree.map(grow, x)
+  return out
+
+
+_KV_LOGICAL = ("layers", "batch", "act_kv_heads", None, "kv_length")
+CACHE_LOGICAL = {"k": _KV_LOGICAL, "v": _KV_LOGICAL, "k_local": _KV_LOGICAL,
+                 "v_local": _KV_LOGICAL, "pos": ("batch", "kv_length"),
+                 "pos_local": ("batch", "kv_length"), "end": ()}
 
 
 def cache_shardings(cache_or_shapes: Cache, mesh) -> dict[str, Any]:
@@ -471,8 +581,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, training: bool = True) -> fl
 
 
 def _layer_keys(cfg: ModelConfig):
+  """(unscanned name, group, block) of every layer inside the scan."""
   p = len(cfg.attention_types)
-  return [(f"layer_{i}", i // p, f"block_{i % p}") for i in range(cfg.num_layers)]
+  return [(f"layer_{i}", i // p, f"block_{i % p}") for i in range(cfg.num_layers // p * p)]
 
 
 def unscan_params(params: dict, cfg: ModelConfig) -> dict:
@@ -487,11 +598,13 @@ def unscan_params(params: dict, cfg: ModelConfig) -> dict:
 
 def scan_params(params: dict, cfg: ModelConfig) -> dict:
   """Per-layer layout -> the stacked layout ``scan_layers`` models use."""
-  if "layers" in params or not cfg.scan_layers:
+  if "layers" in params or not cfg.scan_groups:
     return params
-  out = {k: v for k, v in params.items() if not k.startswith("layer_")}
+  keys = _layer_keys(cfg)
+  scanned = {name for name, _, _ in keys}
+  out = {k: v for k, v in params.items() if k not in scanned}
   blocks: dict[str, list] = {}
-  for name, _, block in _layer_keys(cfg):
+  for name, _, block in keys:
     blocks.setdefault(block, []).append(params[name])
   out["layers"] = {b: jax.tree.map(lambda *a: jnp.stack(a), *ls) for b, ls in blocks.items()}
   return out

@@ -47,12 +47,18 @@ class ObjectiveConfig:
   kind: str = "lm"
   dpo_beta: float = 0.1
   disc_z_loss: float = 1e-4
+  # lm: the loss weight of each Yes/No verdict token, relative to 1 for every other target token.
+  # A direct verification record has one verdict among its target tokens, and the SFT records
+  # mixed in (lambda) are all solution tokens: at 1, verdicts were 6% of the loss in the tiny run.
+  verdict_weight: float = 1.0
   # Positions unembedded at a time by the lm and dpo losses; 0: ``logits.default_chunk``.
   logits_chunk: int = 0
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"ObjectiveConfig.kind={self.kind!r}; expected one of {KINDS}")
+    if self.verdict_weight <= 0:
+      raise ValueError(f"ObjectiveConfig.verdict_weight={self.verdict_weight}; must be > 0")
     if self.logits_chunk < 0:
       raise ValueError(f"ObjectiveConfig.logits_chunk={self.logits_chunk}; must be >= 0")
 
@@ -133,11 +139,12 @@ def _token_stats(cfg: ModelConfig, chunk: int, model_params, batch) -> logits_li
                                 batch["targets"], chunk)
 
 
-def _lm_terms(cfg: ModelConfig, chunk: int, params, batch, ref_params) -> Terms:
+def _lm_terms(cfg: ModelConfig, verdict_weight: float, chunk: int, params, batch,
+              ref_params) -> Terms:
   del ref_params
   stats = _token_stats(cfg, chunk, params["model"], batch)
-  weights = batch["loss_weights"].astype(jnp.float32)
   verdict = batch["verdict_weights"].astype(jnp.float32)
+  weights = batch["loss_weights"].astype(jnp.float32) * (1.0 + (verdict_weight - 1.0) * verdict)
   hit = (stats.argmax == batch["targets"]).astype(jnp.float32)
   return Terms(-jnp.sum(stats.logprob * weights), jnp.sum(weights), jnp.sum(hit * verdict),
                jnp.sum(verdict))
@@ -179,7 +186,7 @@ def loss_terms_fn(obj: ObjectiveConfig, cfg: ModelConfig
                   ) -> Callable[[Any, dict, Any], Terms]:
   """``f(params, batch, ref_params) -> Terms`` for the objective; params = {"model", "head"?}."""
   if obj.kind == "lm":
-    return lambda p, b, r: _lm_terms(cfg, obj.logits_chunk, p, b, r)
+    return lambda p, b, r: _lm_terms(cfg, obj.verdict_weight, obj.logits_chunk, p, b, r)
   if obj.kind == "disc":
     return lambda p, b, r: _disc_terms(cfg, obj.disc_z_loss, p, b, r)
   return lambda p, b, r: _dpo_terms(cfg, obj.dpo_beta, obj.logits_chunk, p, b, r)

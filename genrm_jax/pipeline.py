@@ -9,10 +9,15 @@ gin files from ``gin_configs/pipeline/``, with its outputs in one run folder:
   a. ``vocab.model``           a character-level SentencePiece vocabulary of the task
   b. ``policy/``               ``genrm_jax.train``: SFT of a policy on reference solutions
   c. ``test_candidates.jsonl`` ``genrm_jax.generate``: N samples per test problem, labelled
-  d. ``train_candidates.jsonl``  the same on training problems: the verifiers' data
-  e. ``verifiers/<name>/``     ``genrm_jax.train``: discriminative RM, GenRM, GenRM-CoT (each
+  d. ``train_candidates.jsonl``  the same on training problems
+  e. ``verifier_data.jsonl``   the verifiers' data: per problem, equally many right and wrong
+                               samples or none (``records.select_per_question``), and its data
+                               card ``verifier_data_card.json``: P(correct) by problem length,
+                               steps and answer length, before and after the selection
+  f. ``verifiers/<name>/``     ``genrm_jax.train``: discriminative RM, GenRM, GenRM-CoT (each
                                initialised from the policy, as the paper fine-tunes its base LM)
-  f. ``eval/``                 ``genrm_jax.eval``: Best-of-N table, results.json, best_of_n.png
+  g. ``eval/``                 ``genrm_jax.eval``: Best-of-N table, diagnostics, results.json,
+                               best_of_n.png, accuracy_vs_tokens.png, reliability.png
 
 A stage whose output exists is skipped, so an interrupted pipeline resumes where it stopped (the
 trainer itself resumes from its checkpoints). Same seed, same table.
@@ -31,7 +36,9 @@ from typing import Callable, Sequence
 import gin
 
 from genrm_jax import algorithmic
+from genrm_jax import candidates as cands
 from genrm_jax import formats
+from genrm_jax import records
 from genrm_jax import vocab as vocab_lib
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -40,17 +47,22 @@ GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @dataclasses.dataclass(frozen=True)
 class VerifierSpec:
-  """One verifier to train: its objective's gin file, its task and how eval scores it."""
+  """One verifier to train: its objective's gin file and bindings, its task and how eval scores
+  it."""
   name: str
   gin_file: str
   data: str  # the seqio task/mixture, from tasks.algorithmic.register_policy_candidates
   method: str  # genrm_jax.eval scoring method
+  bindings: tuple[str, ...] = ()
 
 
 VERIFIERS = (
     VerifierSpec("discriminative", "pipeline/verifier_disc.gin", "policy_discriminative",
                  "discriminative"),
-    VerifierSpec("genrm", "pipeline/verifier_lm.gin", "policy_genrm", "direct"),
+    # One verdict token per record against every solution token of the SFT records mixed in:
+    # weighted 1, the verdict was 6-8% of the loss (see ObjectiveConfig.verdict_weight).
+    VerifierSpec("genrm", "pipeline/verifier_lm.gin", "policy_genrm", "direct",
+                 ("ObjectiveConfig.verdict_weight = 8.0",)),
     VerifierSpec("genrm_cot", "pipeline/verifier_lm.gin", "policy_genrm_cot", "cot"),
 )
 
@@ -80,14 +92,20 @@ class PipelineConfig:
   test_length: int = 5
   num_samples: int = 16
   temperature: float = 0.7
-  # Verifier training data: samples on training problems (per length of 2-4 words), at most
-  # max_correct right and max_incorrect wrong ones kept a problem (see
-  # tasks.algorithmic.register_policy_candidates: uncapped, the verifiers learnt that solutions
-  # with fewer steps are right, as short problems are solved more often).
+  # Verifier training data: train_samples samples of train_problems_per_length training problems
+  # of each of verifier_lengths words (held out from the test problems at any length), then per
+  # problem equally many right and wrong ones, at most max_per_class each (the paper's 16), or none.
+  verifier_lengths: tuple[int, ...] = (2, 3, 4)
   train_problems_per_length: int = 300
-  train_samples: int = 4
-  max_correct: int = 2
-  max_incorrect: int = 2
+  train_samples: int = 16
+  max_per_class: int = 16
+  balance: bool = True  # False keeps the plain cap (the quick run's policy solves nothing)
+  rationale_style: str = "check"  # algorithmic.RATIONALE_STYLES
+  # Even each problem's wrong samples up to its right ones with one-edit wrong versions of the
+  # reference solution (algorithmic.HARD_NEGATIVES), so that every problem gives balanced pairs.
+  hard_negatives: bool = False
+  # Fixed text of the format (formats.PHRASES) as single pieces of the task vocabulary.
+  vocab_phrases: bool = True
   cot_votes: int = 4
   # Longest solution / rationale sampled (6-word solutions and their checks fit with room). The
   # rationale stops at "Verification:": the verdict question that follows is fixed text, fed to
@@ -157,12 +175,48 @@ class Runner:
 
   def generate_args(self, split: str, problems: int, samples: int, out: str) -> list[str]:
     pc = self.pc
-    extra = ["--test_length", str(pc.test_length)] if split == "test" else []
+    extra = (["--test_length", str(pc.test_length)] if split == "test" else
+             ["--lengths", ",".join(map(str, pc.verifier_lengths))])
     return ["--checkpoint", self.path("policy", "model"), "--task", pc.task, "--split", split,
             *extra,
             "--num_problems", str(problems), "--num_samples", str(samples),
             "--temperature", str(pc.temperature), "--max_new_tokens",
             str(pc.max_solution_tokens), "--seed", str(pc.seed), "--out", out]
+
+  def rationale_stop(self) -> str:
+    """Where a sampled rationale stops: at the verdict question, which the scorer then feeds. With
+    the question as one piece of the vocabulary that is one token; without, stop at its start."""
+    return formats.VERDICT_QUESTION if self.pc.vocab_phrases else formats.VERDICT_PREFIX
+
+  def select_verifier_data(self, sampled: str, out: str) -> None:
+    """Writes the balanced verifier training set and a data card of it and of what was sampled."""
+    pc = self.pc
+    flat = [c for p in cands.read_candidates(sampled) for c in p.candidates]
+    pool = flat
+    if pc.hard_negatives:
+      def make(c, rng):
+        problem = algorithmic.problem_from_question(pc.task, c["question"])
+        kind, sol = algorithmic.hard_negative(problem, rng)
+        return {**c, "solution": sol, "extracted_answer": algorithmic.extract_answer(sol),
+                "correct": False, "source": f"edit:{kind}"}
+      pool = records.fill_negatives(flat, make, pc.max_per_class, pc.seed)
+    chosen = records.select_per_question(pool, pc.max_per_class, pc.balance, pc.seed)
+    if not chosen:
+      raise ValueError(f"{sampled}: no problem has both a right and a wrong sample; sample more "
+                       "(train_samples) or more problems")
+
+    def features(c):
+      return algorithmic.solution_features(pc.task, c["question"], c["solution"])
+
+    card = {"sampled": records.data_card(flat, features),
+            "selected": records.data_card(chosen, features),
+            "hard_negatives": sum("source" in c for c in chosen)}
+    cands.write_candidates(out, chosen)
+    with open(self.path("verifier_data_card.json"), "w") as f:
+      json.dump(card, f, indent=2)
+    for name in ("sampled", "selected"):
+      print(f"verifier data, {name}: {records.format_card(card[name])}", flush=True)
+    print(f"verifier data: {card['hard_negatives']} of the selected are hard negatives", flush=True)
 
   def run(self) -> dict:
     from genrm_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
@@ -171,7 +225,8 @@ class Runner:
     pc = self.pc
     vocab_path = self.path("vocab.model")
     self.stage("a. task vocabulary", vocab_path, lambda: vocab_lib.train_char_vocab(
-        algorithmic.texts_for_vocab(pc.task, seed=pc.seed), vocab_path) and 0)
+        algorithmic.texts_for_vocab(pc.task, seed=pc.seed), vocab_path,
+        phrases=formats.PHRASES if pc.vocab_phrases else ()) and 0)
     self.stage("b. train the policy (SFT on correct solutions)", self.path("policy", "model"),
                lambda: train.main(self.train_args(
                    [pc.policy_gin], self.path("policy"),
@@ -185,20 +240,24 @@ class Runner:
     self.stage("d. sample verifier training candidates", train_cands, lambda: generate.main(
         self.generate_args("train", pc.train_problems_per_length, pc.train_samples,
                            train_cands)))
+    verifier_data = self.path("verifier_data.jsonl")
+    self.stage("e. select the verifier data", verifier_data,
+               lambda: self.select_verifier_data(train_cands, verifier_data))
     specs = [v for v in VERIFIERS if v.name in pc.verifiers]
     for spec in specs:
       workdir = self.path("verifiers", spec.name)
-      self.stage(f"e. train verifier {spec.name}", os.path.join(workdir, "model"),
+      self.stage(f"f. train verifier {spec.name}", os.path.join(workdir, "model"),
                  lambda spec=spec, workdir=workdir: train.main(self.train_args(
                      [spec.gin_file], workdir,
                      ["import tasks.algorithmic",
                       f"register_policy_candidates.task = '{pc.task}'",
-                      f"register_policy_candidates.candidates_file = '{train_cands}'",
-                      f"register_policy_candidates.max_correct = {pc.max_correct}",
-                      f"register_policy_candidates.max_incorrect = {pc.max_incorrect}",
+                      f"register_policy_candidates.candidates_file = '{verifier_data}'",
+                      f"register_policy_candidates.max_per_class = {pc.max_per_class}",
+                      f"register_policy_candidates.balance = {pc.balance}",
+                      f"register_policy_candidates.rationale_style = '{pc.rationale_style}'",
                       f"DataConfig.name = '{spec.data}'",
                       f"TrainConfig.num_steps = {pc.verifier_steps}",
-                      *_schedule(pc.verifier_steps),
+                      *_schedule(pc.verifier_steps), *spec.bindings,
                       f"TrainConfig.init_from = 'genrm:{self.path('policy')}'"])))
     eval_dir = self.path("eval")
     eval_args = ["--task", pc.task, "--candidates", test_cands, "--out", eval_dir,
@@ -206,12 +265,12 @@ class Runner:
     for b in ("ScoringConfig.rationale = @SamplerConfig()",
               f"SamplerConfig.max_new_tokens = {pc.max_rationale_tokens}",
               f"SamplerConfig.temperature = {pc.rationale_temperature}",
-              f"SamplerConfig.stop_strings = ({formats.VERDICT_PREFIX!r},)"):
+              f"SamplerConfig.stop_strings = ({self.rationale_stop()!r},)"):
       eval_args += ["--gin_bindings", b]
     for spec in specs:
       eval_args += ["--verifier",
                     f"{spec.name}={self.path('verifiers', spec.name, 'model')}:{spec.method}"]
-    self.stage("f. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
+    self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
                lambda: eval_lib.main(eval_args))
     with open(os.path.join(eval_dir, "results.json")) as f:
       results = json.load(f)

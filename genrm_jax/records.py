@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import random
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from genrm_jax import formats
 
@@ -112,19 +112,77 @@ def dpo_pairs(cands: Iterable[Candidate], instruction: str, seed: int = 0) -> li
   return out
 
 
-def cap_per_question(cands: Sequence[Candidate], max_correct: int | None,
-                     max_incorrect: int | None, seed: int = 0) -> list[Candidate]:
-  """At most ``max_correct`` correct and ``max_incorrect`` incorrect candidates a question
-  (None: no cap on that class)."""
+def select_per_question(cands: Sequence[Candidate], max_per_class: int | None = 16,
+                        balance: bool = True, seed: int = 0) -> list[Candidate]:
+  """The verifier training set: per question, at most ``max_per_class`` correct and as many wrong
+  candidates (None: no cap), drawn with ``seed``.
+
+  ``balance``: a question contributes equally many correct and wrong candidates, or nothing. Without
+  it, the share of correct candidates varies with the question's difficulty, and whatever marks a
+  hard question (its length, the number of steps, the length of the answer) predicts the label:
+  a verifier can then score solutions without checking them. Balanced selection is idempotent.
+  """
   rng = random.Random(seed)
-  by_q = _by_question(cands)
   out = []
-  for qid in sorted(by_q):
-    for label, cap in ((True, max_correct), (False, max_incorrect)):
-      group = [c for c in by_q[qid] if bool(c["correct"]) == label]
-      out += rng.sample(group, cap) if cap is not None and len(group) > cap else group
+  for _, group in sorted(_by_question(cands).items()):
+    good = [c for c in group if c["correct"]]
+    bad = [c for c in group if not c["correct"]]
+    if balance:
+      m = min(len(good), len(bad), max_per_class if max_per_class is not None else len(group))
+      caps = (m, m)
+    else:
+      caps = (max_per_class, max_per_class)
+    for members, cap in zip((good, bad), caps):
+      out += rng.sample(members, cap) if cap is not None and len(members) > cap else members
   return out
 
 
-BUILDERS = {"verify": verify, "verify_cot": verify_cot, "correct": correct,
-            "discriminative": discriminative}
+def fill_negatives(cands: Sequence[Candidate], make: Callable[[Candidate, random.Random], Candidate],
+                   max_per_class: int | None = 16, seed: int = 0) -> list[Candidate]:
+  """``cands`` plus, for every question with fewer wrong than correct candidates (up to
+  ``max_per_class``), wrong ones made by ``make(a correct candidate, rng)`` to even the count.
+
+  With a policy that solves most problems, few questions have both classes to balance; one-edit
+  wrong solutions ("hard negatives") let every question contribute pairs that differ only where a
+  check would look.
+  """
+  rng = random.Random(seed)
+  out = list(cands)
+  for _, group in sorted(_by_question(cands).items()):
+    good = [c for c in group if c["correct"]]
+    bad = len(group) - len(good)
+    want = min(len(good), max_per_class if max_per_class is not None else len(good))
+    for i in range(max(0, want - bad)):
+      made = {**make(good[i % len(good)], rng), "candidate_id": f"hard-negative-{i}"}
+      if made["correct"]:
+        raise ValueError(f"a hard negative of question {made['question']!r} is correct")
+      out.append(made)
+  return out
+
+
+def data_card(cands: Sequence[Candidate], features: Callable[[Candidate], dict[str, int]]
+              ) -> dict[str, Any]:
+  """Counts and P(correct) of a verifier training set by each feature (e.g. problem length,
+  number of steps, answer length), so that a feature that predicts the label shows before
+  training."""
+  card: dict[str, Any] = {
+      "records": len(cands), "correct": sum(bool(c["correct"]) for c in cands),
+      "questions": len(_by_question(cands)), "by": {}}
+  rows = [(features(c), bool(c["correct"])) for c in cands]
+  for name in (rows[0][0] if rows else {}):
+    table: dict[int, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for f, ok in rows:
+      table[f[name]][0] += 1
+      table[f[name]][1] += ok
+    card["by"][name] = {str(v): {"count": n, "p_correct": k / n}
+                        for v, (n, k) in sorted(table.items())}
+  return card
+
+
+def format_card(card: dict[str, Any]) -> str:
+  lines = [f"{card['records']} records ({card['correct']} correct) over {card['questions']} "
+           "questions"]
+  for name, table in card["by"].items():
+    cells = ", ".join(f"{v}: {t['count']} @ {t['p_correct']:.2f}" for v, t in table.items())
+    lines.append(f"  P(correct) by {name} (value: count @ p): {cells}")
+  return "\n".join(lines)

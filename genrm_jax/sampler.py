@@ -189,32 +189,14 @@ def _constrain_cache(cache, mesh):
   return jax.lax.with_sharding_constraint(cache, model_lib.cache_shardings(cache, mesh))
 
 
-def _rows(cache, parent):
-  """Cache rows ``parent`` (repeats allowed): the prefix of row i becomes that of parent[i]."""
-  rows = lambda buf: jnp.take(buf, parent, axis=1)  # noqa: E731
-  return {"k": jax.tree.map(rows, cache["k"]), "v": jax.tree.map(rows, cache["v"]),
-          "pos": jnp.take(cache["pos"], parent, axis=0), "end": cache["end"]}
-
-
-def _grow(cache, n: int):
-  """``n`` more empty slots; the cache is always exactly full up to ``end`` before a write."""
-  def grow(name):  # the slot axis of each buffer, as model.CACHE_LOGICAL names it
-    axis = model_lib.CACHE_LOGICAL[name].index("kv_length")
-    pad = [(0, 0)] * 5
-    pad[axis] = (0, n)
-    return jax.tree.map(lambda buf: jnp.pad(buf, pad), cache[name])
-
-  return {"k": grow("k"), "v": grow("v"),
-          "pos": jnp.pad(cache["pos"], ((0, 0), (0, n)), constant_values=-1),
-          "end": cache["end"]}
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh", "token_logprobs"))
 def _extend(params, cache, parent, tokens, positions, segment_ids, last_index, read_ids, *,
             cfg: ModelConfig, mesh, token_logprobs: bool):
   TRACES["extend"] += 1
   with _mesh_ctx(mesh):
-    cache = _constrain_cache(_grow(_rows(cache, parent), tokens.shape[1]), mesh)
+    # The cache is always exactly full up to ``end`` before a write.
+    cache = _constrain_cache(
+        model_lib.grow_cache(cfg, model_lib.cache_rows(cache, parent), tokens.shape[1]), mesh)
     # Only the rows' last positions are unembedded (with Gemma's 256K vocabulary, the [M, T, V]
     # logits of a long block would dwarf everything else).
     hidden, cache = model_lib.Transformer(cfg).apply(
@@ -249,12 +231,21 @@ def _filter_logits(logits, spec: _DecodeSpec):
   return x
 
 
+def _step_key(key, step):
+  """The key of one decoding step: one for the batch, or one per row (``key`` of shape [B])."""
+  if key.ndim == 0:
+    return jax.random.fold_in(key, step)
+  return jax.vmap(lambda k: jax.random.fold_in(k, step))(key)
+
+
 def _pick(logits, key, spec: _DecodeSpec):
   """(token, its log-probability under the raw model distribution)."""
   if spec.temperature == 0:
     tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   else:
-    tok = jax.random.categorical(key, _filter_logits(logits, spec)).astype(jnp.int32)
+    x = _filter_logits(logits, spec)
+    draw = jax.random.categorical if key.ndim == 0 else jax.vmap(jax.random.categorical)
+    tok = draw(key, x).astype(jnp.int32)
   lp = jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], axis=-1)[:, 0]
   return tok, lp
 
@@ -270,18 +261,21 @@ def _stopped(tokens, step, spec: _DecodeSpec):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh", "spec"))
-def _decode(params, cache, parent, last_logits, next_pos, rng, num_real, *, cfg: ModelConfig,
-            mesh, spec: _DecodeSpec):
+def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_real, *,
+            cfg: ModelConfig, mesh, spec: _DecodeSpec):
   TRACES["decode"] += 1
   n = spec.max_new_tokens
+  if row_seeds is not None:
+    rng = jax.vmap(lambda s: jax.random.fold_in(rng, s))(row_seeds)
   with _mesh_ctx(mesh):
-    cache = _constrain_cache(_grow(_rows(cache, parent), n), mesh)
+    cache = _constrain_cache(model_lib.grow_cache(cfg, model_lib.cache_rows(cache, parent), n),
+                             mesh)
     logits0 = jnp.take(last_logits, parent, axis=0)
     pos0 = jnp.take(next_pos, parent, axis=0)
     b = parent.shape[0]
     transformer = model_lib.Transformer(cfg)
 
-    tok, lp = _pick(logits0, jax.random.fold_in(rng, 0), spec)
+    tok, lp = _pick(logits0, _step_key(rng, 0), spec)
     tokens = jnp.zeros((b, n), jnp.int32).at[:, 0].set(tok)
     state = {"cache": cache, "tokens": tokens, "last_logits": logits0,
              "logprobs": jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp),
@@ -296,9 +290,13 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, num_real, *, cfg:
     def body(s):
       step = s["step"]
       prev = jax.lax.dynamic_slice_in_dim(s["tokens"], step - 1, 1, axis=1)
-      logits, c = transformer.apply({"params": params}, prev, (pos0 + step - 1)[:, None],
-                                    jnp.ones_like(prev), cache=s["cache"])
-      tok, lp = _pick(logits[:, 0], jax.random.fold_in(rng, step), spec)
+      # A stopped row's feed is padding (segment 0): its keys are written with position -1,
+      # never attended, and leave local layers' ring slots alone, so the cache stays a prefix
+      # of the row's tokens (``return_prefix``).
+      live = (~s["done"]).astype(jnp.int32)[:, None]
+      logits, c = transformer.apply({"params": params}, prev, (pos0 + step - 1)[:, None], live,
+                                    cache=s["cache"])
+      tok, lp = _pick(logits[:, 0], _step_key(rng, step), spec)
       last_logits = jnp.where(s["done"][:, None], s["last_logits"], logits[:, 0])
       tok = jnp.where(s["done"], 0, tok)
       lp = jnp.where(s["done"], 0.0, lp)
@@ -310,20 +308,19 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, num_real, *, cfg:
               "done": s["done"] | _stopped(tokens, step, spec), "step": step + 1}
 
     s = jax.lax.while_loop(cond, body, state)
-    # The cache keeps each row's sampled tokens but its last (never fed back); slots written
-    # after a row stopped (its padding tokens) are forgotten, and last_logits follow the last
-    # kept token: a Prefix over the prompts and their completions.
-    next_pos = pos0 + s["num"] - 1
-    cache = dict(s["cache"], pos=jnp.where(s["cache"]["pos"] >= next_pos[:, None], -1,
-                                           s["cache"]["pos"]))
-    return cache, {"tokens": s["tokens"], "logprobs": s["logprobs"], "num": s["num"],
-                   "done": s["done"], "last_logits": s["last_logits"], "next_pos": next_pos}
+    # The cache holds each row's sampled tokens but its last (never fed back), and last_logits
+    # follow the last fed token: a Prefix over the prompts and their completions.
+    return s["cache"], {"tokens": s["tokens"], "logprobs": s["logprobs"], "num": s["num"],
+                        "done": s["done"], "last_logits": s["last_logits"],
+                        "next_pos": pos0 + s["num"] - 1}
 
 
 @jax.jit
 def _rewind(cache, next_pos, drop):
-  keep = next_pos - drop
-  return dict(cache, pos=jnp.where(cache["pos"] >= keep[:, None], -1, cache["pos"])), keep
+  keep = (next_pos - drop)[:, None]
+  forget = {name: jnp.where(cache[name] >= keep, -1, cache[name])
+            for name in ("pos", "pos_local") if name in cache}
+  return dict(cache, **forget)
 
 
 # ----------------------------------------------------------------------------- host-side API
@@ -408,8 +405,14 @@ class Completion:
 
 
 def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], codec: Codec,
-           sampler_cfg: SamplerConfig, seed: int, mesh=None, return_prefix: bool = False):
+           sampler_cfg: SamplerConfig, seed: int, mesh=None,
+           row_seeds: Sequence[int] | None = None, return_prefix: bool = False):
   """Samples one completion per entry of ``parent`` (a row of ``prefix``; repeats share it).
+
+  With ``row_seeds`` (one 32-bit integer per entry), row i draws its tokens from
+  ``fold_in(key(seed), row_seeds[i])`` alone: its sample no longer depends on which other rows
+  share the batch or on its position there (the scorers rely on this to give an item the same
+  rationales however it is batched). Without them, one key drives the whole batch.
 
   Returns the completions or, with ``return_prefix``, also the Prefix of the sampled rows: row i
   holds its parent's tokens and every token of completion i but the last (the one that stopped
@@ -420,6 +423,8 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
                      f" outside the {prefix.num_rows} rows of the prefix")
   if prefix.last_logits is None:
     raise ValueError("decode: the prefix was rewound; extend it by at least one token first")
+  if row_seeds is not None and len(row_seeds) != len(parent):
+    raise ValueError(f"decode: {len(row_seeds)} row seeds for {len(parent)} rows")
   sc = sampler_cfg
   spec = _DecodeSpec(sc.max_new_tokens, float(sc.temperature), sc.top_k, float(sc.top_p),
                      tuple(sorted({codec.eos_id, *sc.stop_token_ids})),
@@ -428,9 +433,14 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
   rows = bucket(len(parent), sc.batch_buckets, _row_multiple(mesh))
   par = np.zeros((rows,), np.int32)
   par[:len(parent)] = parent
+  seeds = None
+  if row_seeds is not None:
+    seeds = np.zeros((rows,), np.uint32)
+    seeds[:len(parent)] = row_seeds
+    seeds = _put_rows(seeds, mesh)
   cache, out = _decode(params, prefix.cache, _put_rows(par, mesh), prefix.last_logits,
-                       jnp.asarray(prefix.next_pos), jax.random.key(seed), len(parent), cfg=cfg,
-                       mesh=mesh, spec=spec)
+                       jnp.asarray(prefix.next_pos), jax.random.key(seed), seeds, len(parent),
+                       cfg=cfg, mesh=mesh, spec=spec)
   last_logits = out.pop("last_logits")
   out = jax.device_get(out)
   result = []
@@ -453,13 +463,33 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
 def rewind(prefix: Prefix, drop: Sequence[int]) -> Prefix:
   """Forgets the last ``drop[i]`` tokens of each row i (e.g. sampled tokens that a text cut
   removed); their slots stay but are never attended again. The rewound rows' logits are unknown
-  until an ``extend``."""
+  until an ``extend``. See ``can_rewind`` for local layers' ring caches."""
+  d = _drops(prefix, drop)
+  if not can_rewind(prefix, d):
+    raise ValueError(f"rewind: drops {list(drop)} reach keys that local layers' ring cache "
+                     "has overwritten")
+  cache = _rewind(prefix.cache, jnp.asarray(prefix.next_pos), jnp.asarray(d))
+  return Prefix(cache, None, prefix.next_pos - d, prefix.num_rows)
+
+
+def can_rewind(prefix: Prefix, drop: Sequence[int]) -> bool:
+  """Whether ``rewind(prefix, drop)`` is exact. A local layer's ring slot holds the latest of
+  the positions congruent modulo its length: forgetting token p > 0 positions after the row's
+  new end brings back queries that need position p - window, which p overwrote once p >= window
+  (the first forgotten token's predecessor there is out of every new query's window)."""
+  d = _drops(prefix, drop)
+  if "pos_local" not in prefix.cache:
+    return True
+  ring = prefix.cache["pos_local"].shape[1]
+  return not np.any((d >= 2) & (prefix.next_pos - 1 >= ring))
+
+
+def _drops(prefix: Prefix, drop: Sequence[int]) -> np.ndarray:
   d = np.zeros(len(prefix.next_pos), np.int32)
   d[:len(drop)] = drop
   if np.any(d < 0) or np.any(d > prefix.next_pos):
     raise ValueError(f"rewind: drops {list(drop)} outside 0..the row's length")
-  cache, keep = _rewind(prefix.cache, jnp.asarray(prefix.next_pos), jnp.asarray(d))
-  return Prefix(cache, None, np.asarray(keep), prefix.num_rows)
+  return d
 
 
 def sample(cfg: ModelConfig, params, vocab: Any, prompts: Sequence[str],

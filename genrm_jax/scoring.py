@@ -15,20 +15,29 @@ longest common token prefix of one question's sequences (instruction + question)
 and extended per solution; the K rationales of a solution are sampled from that solution's cache,
 and each is scored by extending its own decode cache with the verdict question.
 ``share_prefix=False`` computes every prompt from scratch (same numbers).
+
+An item's score depends only on the model, the item and (CoT) the seed, never on the other items
+scored with it: rationale k of a prompt draws from a key derived from (seed, prompt, k), not from
+its place in a batch. So a batch may hold any mix of items (the server merges concurrent requests'
+items into one ``score`` call) and eval, the server and any chunking agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from genrm_jax import formats, objectives, records, sampler
+from genrm_jax import checkpoint, formats, objectives, records, sampler
+from genrm_jax import generate as gen
 from genrm_jax import vocab as vocab_lib
 from genrm_jax.config import ModelConfig
 
 METHODS = ("genrm", "genrm_cot", "llm_judge", "llm_judge_cot", "disc", "dpo")
+VERDICT_METHODS = ("genrm", "genrm_cot", "llm_judge", "llm_judge_cot")
+COT_METHODS = ("genrm_cot", "llm_judge_cot")
 SCORE_KINDS = ("p_yes", "normalized")
 
 
@@ -56,6 +65,11 @@ class ScoreResult:
   p_no: np.ndarray | None = None
   rationales: list[list[str]] | None = None  # CoT: K rationales per solution, as scored
   rationale_p_yes: np.ndarray | None = None  # CoT: [n, K]
+  rationale_scores: np.ndarray | None = None  # CoT: [n, K]; scores is their mean
+  rationale_tokens: np.ndarray | None = None  # CoT: [n, K] tokens generated per rationale
+  # Tokens of the sequences scored: each item's (CoT: its prompt and its K rationales as scored),
+  # a shared prefix counted once per item. A throughput measure, not the work done.
+  tokens: int = 0
 
 
 # ----------------------------------------------------------------------------- shared forwards
@@ -121,16 +135,25 @@ def _verdict(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, mes
     _, out, _ = _prefill(cfg, params, sub, [keys[i] for i in chunk], [len(s) - 1 for s in sub],
                          share=opts.share_prefix, read_ids=yes_no, mesh=mesh)
     p[chunk] = np.exp(out["read_logprobs"])
-  return p[:, 0], p[:, 1]
+  return p[:, 0], p[:, 1], sum(map(len, seqs))
+
+
+def _row_seed(prompt: str, k: int) -> int:
+  """The 32-bit stream of rationale k of ``prompt`` (the same in any batch, process or run)."""
+  digest = hashlib.blake2b(f"{k}\0{prompt}".encode(), digest_size=4).digest()
+  return int.from_bytes(digest, "little")
 
 
 def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: int, mesh):
-  """(p_yes [n, K], p_no [n, K], rationales) with K rationales sampled after each prompt."""
+  """(p_yes [n, K], p_no [n, K], rationales, generated tokens [n, K]) with K rationales sampled
+  after each prompt."""
   k = opts.num_rationales
   seqs = [codec.prompt_ids(p) for p in prompts]
   p = np.zeros((len(seqs), k, 2))
+  generated = np.zeros((len(seqs), k), np.int64)
   texts: list[list[str]] = [[] for _ in seqs]
-  for c, chunk in enumerate(_chunks(keys, k, opts.max_rows)):
+  tokens = sum(map(len, seqs))
+  for chunk in _chunks(keys, k, opts.max_rows):
     sub = [seqs[i] for i in chunk]
     if opts.share_prefix:  # K samples decode from (and are scored on) one cache per solution
       prefix, _, _ = _prefill(cfg, params, sub, [keys[i] for i in chunk],
@@ -141,26 +164,67 @@ def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: i
       prefix, _, _ = _prefill(cfg, params, sub, None, None, share=False, read_ids=yes_no,
                               mesh=mesh)
       parent = list(range(len(sub)))
-    comps, sampled = sampler.decode(cfg, params, prefix, parent, codec, opts.rationale,
-                                    seed=seed * 100_003 + c, mesh=mesh, return_prefix=True)
+    comps, sampled = sampler.decode(
+        cfg, params, prefix, parent, codec, opts.rationale, seed=seed, mesh=mesh,
+        row_seeds=[_row_seed(prompts[i], j) for i in chunk for j in range(k)],
+        return_prefix=True)
     rationale = [formats.ensure_verdict_question(x.text) for x in comps]
+    blocks = [codec.encode(r) for r in rationale]
+    tokens += sum(map(len, blocks))
     # p(Yes) is read after the rationale's own tokenization. The decode cache already holds
     # the sampled tokens; the longest prefix that agrees with it is kept (at least the last
     # token is fed again, for its logits) and only the rest (the verdict question, and
-    # whatever the text cut or re-tokenization changed) is extended.
-    final = [codec.encode(r) for r in rationale]
-    keep = [min(_lcp([x.token_ids[:-1], f]), len(f) - 1) for x, f in zip(comps, final)]
-    sampled = sampler.rewind(sampled, [len(x.token_ids) - 1 - n for x, n in zip(comps, keep)])
-    _, out = sampler.extend(cfg, params, sampled, list(range(len(comps))),
-                            [f[n:] for f, n in zip(final, keep)], read_ids=yes_no, mesh=mesh)
+    # whatever the text cut or re-tokenization changed) is extended. A local-layer ring cache
+    # that cannot forget the rest exactly falls back to extending the prompts' cache.
+    keep = [min(_lcp([x.token_ids[:-1], b]), len(b) - 1) for x, b in zip(comps, blocks)]
+    drop = [len(x.token_ids) - 1 - n for x, n in zip(comps, keep)]
+    if sampler.can_rewind(sampled, drop):
+      _, out = sampler.extend(cfg, params, sampler.rewind(sampled, drop),
+                              list(range(len(comps))), [b[n:] for b, n in zip(blocks, keep)],
+                              read_ids=yes_no, mesh=mesh)
+    else:
+      _, out = sampler.extend(cfg, params, prefix, parent, blocks, read_ids=yes_no, mesh=mesh)
     p[chunk] = np.exp(out["read_logprobs"]).reshape(len(chunk), k, 2)
+    generated[chunk] = np.array([len(x.token_ids) for x in comps]).reshape(len(chunk), k)
     for j, i in enumerate(chunk):
       texts[i] = rationale[j * k:(j + 1) * k]
-  return p[..., 0], p[..., 1], texts
+  return p[..., 0], p[..., 1], texts, generated, tokens
 
 
 def _score(p_yes, p_no, opts: ScoringConfig):
   return p_yes if opts.score == "p_yes" else p_yes / (p_yes + p_no)
+
+
+def _disc_text(question: str, solution: str, instruction: str) -> str:
+  (rec,) = records.discriminative([{"question": question, "solution": solution,
+                                    "correct": False}], instruction)
+  return rec["inputs"]
+
+
+def _dpo_ids(codec, question: str, solution: str, instruction: str):
+  """(x, y): the question prompt and the solution as DPO trains it (stripped, then EOS)."""
+  x = codec.prompt_ids(formats.question_prompt(question, instruction))
+  return x, codec.encode(solution.rstrip("\n")) + [codec.eos_id]
+
+
+def context_needed(method: str, vocab: Any, question: str, solution: str,
+                   opts: ScoringConfig = ScoringConfig()) -> int:
+  """Positions scoring one item takes: what must fit in the model's ``max_seq_len``.
+
+  CoT counts the longest rationale (``opts.rationale.max_new_tokens``) and the verdict question
+  appended after it.
+  """
+  codec = sampler.as_codec(vocab)
+  if method in ("genrm", "llm_judge"):
+    return len(codec.prompt_ids(formats.direct_prompt(question, solution, opts.instruction)))
+  if method in COT_METHODS:
+    return (len(codec.prompt_ids(formats.cot_prompt(question, solution, opts.instruction)))
+            + opts.rationale.max_new_tokens + len(codec.encode("\n" + formats.VERDICT_QUESTION)))
+  if method == "disc":
+    return len(codec.prompt_ids(_disc_text(question, solution, opts.instruction)))
+  if method == "dpo":
+    return sum(map(len, _dpo_ids(codec, question, solution, opts.instruction)))
+  raise ValueError(f"context_needed: unknown method {method!r}; expected one of {METHODS}")
 
 
 # ----------------------------------------------------------------------------- methods
@@ -173,8 +237,8 @@ def genrm(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   codec = sampler.as_codec(vocab)
   prompts = [formats.direct_prompt(q, s, opts.instruction) for q, s in zip(questions, solutions)]
   yes_no = vocab_lib.verdict_token_ids(vocab)
-  p_yes, p_no = _verdict(cfg, params, codec, yes_no, prompts, questions, opts, mesh)
-  return ScoreResult(_score(p_yes, p_no, opts), p_yes, p_no)
+  p_yes, p_no, tokens = _verdict(cfg, params, codec, yes_no, prompts, questions, opts, mesh)
+  return ScoreResult(_score(p_yes, p_no, opts), p_yes, p_no, tokens=tokens)
 
 
 def genrm_cot(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
@@ -184,9 +248,11 @@ def genrm_cot(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   codec = sampler.as_codec(vocab)
   prompts = [formats.cot_prompt(q, s, opts.instruction) for q, s in zip(questions, solutions)]
   yes_no = vocab_lib.verdict_token_ids(vocab)
-  p_yes, p_no, texts = _cot(cfg, params, codec, yes_no, prompts, questions, opts, seed, mesh)
+  p_yes, p_no, texts, generated, tokens = _cot(cfg, params, codec, yes_no, prompts, questions,
+                                               opts, seed, mesh)
   per = _score(p_yes, p_no, opts)
-  return ScoreResult(per.mean(axis=1), p_yes.mean(axis=1), p_no.mean(axis=1), texts, p_yes)
+  return ScoreResult(per.mean(axis=1), p_yes.mean(axis=1), p_no.mean(axis=1), texts, p_yes, per,
+                     generated, tokens)
 
 
 def disc(cfg: ModelConfig, params, head: dict, vocab: Any, questions: Sequence[str],
@@ -194,10 +260,8 @@ def disc(cfg: ModelConfig, params, head: dict, vocab: Any, questions: Sequence[s
          ) -> ScoreResult:
   """The discriminative RM's logit (``objectives.disc_score``) at the solution's last token."""
   codec = sampler.as_codec(vocab)
-  texts = [r["inputs"] for r in records.discriminative(
-      [{"question": q, "solution": s, "correct": False} for q, s in zip(questions, solutions)],
-      opts.instruction)]
-  seqs = [codec.prompt_ids(t) for t in texts]
+  seqs = [codec.prompt_ids(_disc_text(q, s, opts.instruction))
+          for q, s in zip(questions, solutions)]
   scores = np.zeros(len(seqs))
   for chunk in _chunks(questions, 1, opts.max_rows):
     sub = [seqs[i] for i in chunk]
@@ -206,7 +270,7 @@ def disc(cfg: ModelConfig, params, head: dict, vocab: Any, questions: Sequence[s
                          mesh=mesh)
     hidden = out["last_hidden"][:, None, :]  # [M, 1, D]: the last token is the only one
     scores[chunk] = np.asarray(objectives.disc_score(hidden, head, np.zeros(len(sub), np.int32)))
-  return ScoreResult(scores)
+  return ScoreResult(scores, tokens=sum(map(len, seqs)))
 
 
 def dpo(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
@@ -216,8 +280,7 @@ def dpo(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   codec = sampler.as_codec(vocab)
   seqs, cut = [], []
   for q, s in zip(questions, solutions):
-    x = codec.prompt_ids(formats.question_prompt(q, opts.instruction))
-    y = codec.encode(s.rstrip("\n")) + [codec.eos_id]
+    x, y = _dpo_ids(codec, q, s, opts.instruction)
     seqs.append(x + y)
     cut.append(len(x))
   scores = np.zeros(len(seqs))
@@ -229,7 +292,7 @@ def dpo(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
                              token_logprobs=True, mesh=mesh)
     for j, i in enumerate(chunk):
       scores[i] = float(np.sum(out["token_logprobs"][j][cut[i] - 1 - start[j]:]))
-  return ScoreResult(scores)
+  return ScoreResult(scores, tokens=sum(map(len, seqs)))
 
 
 def score(method: str, cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
@@ -249,3 +312,38 @@ def score(method: str, cfg: ModelConfig, params, vocab: Any, questions: Sequence
   if method == "dpo":
     return dpo(cfg, params, vocab, questions, solutions, opts, mesh)
   raise ValueError(f"score: unknown method {method!r}; expected one of {METHODS}")
+
+
+# ----------------------------------------------------------------------------- loaded verifiers
+
+
+@dataclasses.dataclass(frozen=True)
+class Verifier:
+  """A model directory loaded for scoring (on ``mesh``, or the default device)."""
+  model_dir: str
+  cfg: ModelConfig
+  params: Any
+  vocab: Any
+  head: dict | None = None  # the discriminative head, when the directory has one
+  mesh: Any = None
+
+  def score(self, method: str, questions: Sequence[str], solutions: Sequence[str],
+            opts: ScoringConfig = ScoringConfig(), seed: int = 0) -> ScoreResult:
+    return score(method, self.cfg, self.params, self.vocab, questions, solutions, opts,
+                 head=self.head, seed=seed, mesh=self.mesh)
+
+
+def load_verifier(model_dir: str, method: str, mesh=None, what: str = "verifier") -> Verifier:
+  """Loads ``model_dir`` for ``method``; an error naming ``what`` if it cannot serve it."""
+  if method not in METHODS:
+    raise ValueError(f"{what}: unknown method {method!r}; expected one of {METHODS}")
+  head = None
+  if method == "disc":
+    meta = checkpoint.read_meta(model_dir)
+    if "disc_head" not in meta:
+      raise ValueError(f"{what}: {model_dir} has no disc_head: method {method} needs a "
+                       "model trained with the disc objective")
+    head = objectives.head_from_json(meta["disc_head"])
+  cfg, params, _, vocab = gen.load_model(model_dir, mesh, need_verdict=method in VERDICT_METHODS,
+                                         what=what)
+  return Verifier(model_dir, cfg, params, vocab, head, mesh)

@@ -19,7 +19,7 @@ import contextlib
 import io
 import os
 import string
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
@@ -99,21 +99,27 @@ def verdict_token_ids(vocab: Vocab | str) -> tuple[int, int]:
   return ids[0], ids[1]
 
 
-def train_char_vocab(texts: Iterable[str], out_path: str, byte_fallback: bool = True) -> Vocab:
+def train_char_vocab(texts: Iterable[str], out_path: str, byte_fallback: bool = True,
+                     phrases: Sequence[str] = ()) -> Vocab:
   """A character-level vocabulary over ``texts`` (+ printable ASCII): see ``train_vocab``."""
-  return train_vocab(texts, out_path, "char", byte_fallback=byte_fallback)
+  return train_vocab(texts, out_path, "char", byte_fallback=byte_fallback, phrases=phrases)
 
 
 def train_vocab(texts: Iterable[str], out_path: str, model_type: str = "char", vocab_size: int = 0,
-                byte_fallback: bool = True) -> Vocab:
+                byte_fallback: bool = True, phrases: Sequence[str] = ()) -> Vocab:
   """Trains a SentencePiece model over ``texts`` (+ printable ASCII) and writes it atomically.
 
   ``model_type`` "char" takes every character seen (``vocab_size`` ignored); "unigram" / "bpe"
   learn ``vocab_size`` pieces (for benchmarks with realistic token counts). "▁Yes" / "▁No" are
   user-defined symbols (one token each, as in Gemma) and "\\n" is a piece of its own.
   ``byte_fallback`` encodes characters never seen in training as UTF-8 bytes instead of ``<unk>``,
-  so no text is silently lost.
+  so no text is silently lost. ``phrases`` (e.g. ``formats.PHRASES``) become one piece each, as
+  a word-piece vocabulary makes frequent words one piece: at character level the fixed text of
+  the GenRM format would otherwise be half of every verification example.
   """
+  for p in phrases:
+    if not p or "\n" in p:
+      raise ValueError(f"phrase {p!r}: phrases must be non-empty and hold no newline")
   seed_text = string.printable.replace("\n", "").replace("\x0b", "").replace("\x0c", "")
   corpus = [seed_text, *(t for t in texts if t)]
   char = model_type == "char"
@@ -121,7 +127,8 @@ def train_vocab(texts: Iterable[str], out_path: str, model_type: str = "char", v
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(corpus), model_writer=buf, model_type=model_type,
       vocab_size=100000 if char else vocab_size, hard_vocab_limit=not char,
-      user_defined_symbols=[*_VERDICT_PIECES, "\n"], pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+      user_defined_symbols=[*_VERDICT_PIECES, "\n", *(p.replace(" ", "▁") for p in phrases)],
+      pad_id=0, eos_id=1, bos_id=2, unk_id=3,
       add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
       character_coverage=1.0, byte_fallback=byte_fallback, split_by_whitespace=not char,
       max_sentence_length=1 << 20, minloglevel=2)

@@ -43,18 +43,16 @@ def register_policy_sft(task: str, lengths: tuple[int, ...] = (2, 3, 4, 5, 6),
                         problems_per_length: int = 2000, seed: int = 0) -> str:
   """``<task>_policy_sft``: SFT of a policy on reference solutions of ``lengths`` words.
 
-  The end-to-end experiment trains its own small policy (the paper took a few-shot Gemma-2B);
-  the test problems of every length are excluded, so the policy never sees a test question
-  whichever test length is evaluated.
+  The end-to-end experiment trains its own small policy (the paper took a few-shot Gemma-2B) on
+  training-split problems only (``algorithmic.split_of``), so it never sees a test or validation
+  question, whichever test length is evaluated.
   """
-  test = {p.words for n in lengths
-          for p in algorithmic.split_problems(task, "test", problems_per_length, seed,
-                                              test_length=n)}
 
   def gold(split: str):
     del split  # one split: the policy's training data
     problems = [p for n in lengths
-                for p in algorithmic.make_problems(task, n, problems_per_length, seed + 7, test)]
+                for p in algorithmic.make_problems(task, n, problems_per_length, seed + 7,
+                                                   "train")]
     return [{"question_id": f"policy-{i}", "question": p.question, "solution": p.solution,
              "correct": True} for i, p in enumerate(problems)]
 
@@ -68,16 +66,16 @@ def register_policy_sft(task: str, lengths: tuple[int, ...] = (2, 3, 4, 5, 6),
 def register_policy_candidates(task: str = algorithmic.LAST_LETTERS,
                                candidates_file: str | None = None, src: str = "policy",
                                lam: float = 1 / 3, problems_per_length: int = 350,
-                               max_correct: int | None = None, max_incorrect: int | None = None,
-                               seed: int = 0) -> list[str]:
+                               max_per_class: int | None = 16, balance: bool = True,
+                               rationale_style: str = "check", seed: int = 0) -> list[str]:
   """``<src>_*`` verifier tasks from candidates sampled from a policy (a candidates JSONL).
 
   Each candidate gets the programmatic step-by-step rationale of ``algorithmic.rationale``; the
   lambda-weighted SFT data are the reference solutions of the training problems. With no
-  ``candidates_file`` nothing is registered (the default of ``tasks.register_all``).
-  ``max_correct`` / ``max_incorrect`` cap the candidates kept per question (as the paper capped
-  GSM8K at 16 and 16): a policy solves short problems far more often than long ones, and without
-  a cap a verifier can score solutions by their number of steps instead of checking them.
+  ``candidates_file`` nothing is registered (the default of ``tasks.register_all``). The verifier
+  data are ``records.select_per_question``'s: by default each question gives equally many right
+  and wrong candidates (at most 16 each, the paper's cap) or none, so that nothing but checking
+  the solution predicts its label.
   """
   if not candidates_file:
     return []
@@ -88,8 +86,9 @@ def register_policy_candidates(task: str = algorithmic.LAST_LETTERS,
     for pool in candidates_lib.read_candidates(candidates_file):
       for c in pool.candidates:
         problem = algorithmic.problem_from_question(task, c["question"])
-        out.append({**c, "rationale": algorithmic.rationale(problem, c["solution"])})
-    return records.cap_per_question(out, max_correct, max_incorrect, seed)
+        out.append({**c, "rationale": algorithmic.rationale(problem, c["solution"],
+                                                            rationale_style)})
+    return records.select_per_question(out, max_per_class, balance, seed)
 
   gold = functools.partial(algorithmic.gold_candidates, task,
                            problems_per_length=problems_per_length, seed=seed)

@@ -6,8 +6,10 @@ Data directory (the layout of ../shared/data): ``DIR/gsm8k/{train,test}.jsonl`` 
 
 Splits (``train`` / ``validation``) are by question: the paper's 128 validation questions plus a
 hashed ``heldout_fraction`` of the rest are held out (``genrm_jax.gsm8k.is_heldout``).
-- verify / discriminative / dpo_pairs / correct: ``rm/*`` and ``critiques_val/rm_*`` candidates
-  (at most ``max_correct`` correct and ``max_incorrect`` incorrect a question in train).
+- verify / discriminative / dpo_pairs: ``rm/*`` and ``critiques_val/rm_*`` candidates; in train,
+  each question gives equally many correct and wrong ones (at most ``max_per_class`` each, the
+  paper's 16) or none (``records.select_per_question``; ``balance=False`` keeps the plain cap).
+- correct: the correct candidates, at most ``max_per_class`` a question in train.
 - verify_cot: rationales of ``data_collection/*`` whose verdict agrees with the label (as
   ``build-cot``), plus ``critiques_val/critiques_*``.
 """
@@ -40,7 +42,7 @@ def _root(data_dir: str | None) -> str:
 
 
 def register_gsm8k(data_dir: str | None = None, lam: float = 0.25, heldout_fraction: float = 0.05,
-                   max_correct: int = 16, max_incorrect: int = 16, skip_bad: bool = False,
+                   max_per_class: int | None = 16, balance: bool = True, skip_bad: bool = False,
                    seed: int = 0) -> list[str]:
   """Registers the ``gsm8k_*`` tasks and mixtures (lambda 1/4 as in the paper)."""
 
@@ -54,11 +56,18 @@ def register_gsm8k(data_dir: str | None = None, lam: float = 0.25, heldout_fract
     root = _root(data_dir)
     return tuple(gsm8k.read_rm(root, skip_bad) + gsm8k.read_val(root, False, skip_bad))
 
+  def split_of(split: str) -> list[dict]:
+    return gsm8k.split_by_question(direct_all(), split, heldout_fraction, val_questions())
+
   def direct(split: str) -> list[dict]:
-    cands = gsm8k.split_by_question(direct_all(), split, heldout_fraction, val_questions())
-    if split == "train":
-      cands = records.cap_per_question(cands, max_correct, max_incorrect, seed)
-    return cands
+    cands = split_of(split)
+    return (records.select_per_question(cands, max_per_class, balance, seed)
+            if split == "train" else cands)
+
+  def gold(split: str) -> list[dict]:
+    cands = [c for c in split_of(split) if c["correct"]]
+    return (records.select_per_question(cands, max_per_class, False, seed)
+            if split == "train" else cands)
 
   @functools.lru_cache(maxsize=None)
   def cot_all() -> tuple[dict, ...]:
@@ -71,7 +80,7 @@ def register_gsm8k(data_dir: str | None = None, lam: float = 0.25, heldout_fract
     return gsm8k.split_by_question(cot_all(), split, heldout_fraction, val_questions())
 
   return data.register_genrm_tasks("gsm8k", direct, formats.GSM8K_INSTRUCTION, SPLITS, lam=lam,
-                                   cot=cot, seed=seed)
+                                   gold=gold, cot=cot, seed=seed)
 
 
 # Registered under unlock: the trainer may import tasks after gin has locked its config.

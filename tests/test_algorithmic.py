@@ -85,3 +85,25 @@ def test_candidates_are_labelled_and_balanced(task):
              for c in gold)
   with pytest.raises(ValueError, match="unknown algorithmic task"):
     alg.split_problems("addition", "train", 1)
+
+
+@pytest.mark.parametrize("task", alg.TASKS)
+def test_hard_negatives_are_one_edit_wrong_and_caught_by_the_rationale(task):
+  rng = random.Random(1)
+  for p in alg.split_problems(task, "train", 15, seed=4):
+    ref_steps, ref_answer = alg.parse_solution(p.solution)
+    for kind in alg.HARD_NEGATIVES:
+      got, sol = alg.hard_negative(p, rng, kind)
+      assert got == kind and not alg.is_correct(p, sol), (kind, sol)
+      steps, answer = alg.parse_solution(sol)
+      if kind.startswith("answer_"):
+        assert steps == ref_steps and answer != ref_answer
+      else:  # a step edit: the answer still agrees with the edited steps
+        units = [s.split(":")[-1] if task == alg.LAST_LETTERS else s.split(" ", 1)[1]
+                 for s in steps]
+        assert alg.answer_parts(task, answer) == units
+        changed = sum(a != b for a, b in zip(steps, ref_steps)) + abs(len(steps) - len(ref_steps))
+        assert 1 <= changed <= len(ref_steps) + 1
+      assert alg.rationale(p, sol).endswith(formats.VERDICT_QUESTION + formats.NO)
+  kinds = {alg.hard_negative(p, rng)[0] for _ in range(200)}
+  assert kinds == set(alg.HARD_NEGATIVES)  # drawn at random when no kind is asked for

@@ -206,7 +206,7 @@ def test_bad_records_fail_clearly(vocab):
                      vocab=vocab)
 
 
-def test_policy_candidates_are_capped_per_question(vocab, tmp_path):
+def test_policy_candidates_are_balanced_per_question(vocab, tmp_path):
   # Solved at random: each question gets a different mix of right and wrong samples.
   cands = algorithmic.candidates("last_letters", "train", problems_per_length=6,
                                  samples_per_problem=6, error_rate=0.5, seed=3)
@@ -216,14 +216,20 @@ def test_policy_candidates_are_capped_per_question(vocab, tmp_path):
   want = collections.Counter()
   for c in cands:
     want[(c["question"], c["correct"])] += 1
-  for cap in ((None, None), (2, 1)):
-    alg_tasks.register_policy_candidates("last_letters", path, src="capped", max_correct=cap[0],
-                                          max_incorrect=cap[1])
+  for cap, balance in ((None, False), (2, True), (None, True)):
+    alg_tasks.register_policy_candidates("last_letters", path, src="selected",
+                                          max_per_class=cap, balance=balance)
     got = collections.Counter()
-    for ex in data.tokenized_examples("capped_discriminative", "train", repeat=False,
+    for ex in data.tokenized_examples("selected_discriminative", "train", repeat=False,
                                       vocab=vocab):
       text = vocab.sp.decode(ex["inputs"].tolist())
       question = text.split("Q: ", 1)[1].split("\n", 1)[0]
       got[(question, bool(ex["label"]))] += 1
-    limit = {True: cap[0] or 99, False: cap[1] or 99}
-    assert got == {k: min(n, limit[k[1]]) for k, n in want.items()}, cap
+    expect = {}
+    for (q, label), n in want.items():
+      m = min(want[(q, True)], want[(q, False)]) if balance else n
+      m = min(m, cap) if cap is not None else m
+      if m:
+        expect[(q, label)] = m
+    assert got == expect, (cap, balance)
+    assert not balance or got  # some questions have both classes

@@ -41,7 +41,7 @@ def released(shared_data, tmp_path_factory):
               "--questions", "48", "--seed", "3", "--out", path])
   eval_cli.main(["--task", "gsm8k", "--candidates", path, "--out", str(tmp / "eval")])
   with open(tmp / "eval" / "results.json") as f:
-    return path, json.load(f), shared_data
+    return path, json.load(f)["best_of_n"], shared_data
 
 
 def _raw_pools(shared_data, qids):
@@ -123,7 +123,8 @@ def test_scores_file_rows_plot_and_recompute(released, tmp_path):
   eval_cli.main(["--task", "gsm8k", "--candidates", path, "--out", str(out),
              "--scores_file", str(tmp_path / "scores.jsonl"),
              "--gin_bindings", "EvalConfig.mc_samples = 300"])
-  got = json.load(open(out / "results.json"))
+  full = json.load(open(out / "results.json"))
+  got = full["best_of_n"]
   assert set(got) == {"pass@1", "pass@n", "self_consistency", "noisy", "noisy+weighted_sc"}
   assert got["pass@n"] == results["pass@n"]
   saved = [json.loads(l) for l in open(out / "scores.jsonl")]
@@ -132,13 +133,25 @@ def test_scores_file_rows_plot_and_recompute(released, tmp_path):
                                p.correct) for p in pools]
   assert got["noisy"] == pytest.approx(ev.at_ns(curves, [int(n) for n in got["noisy"]]))
   assert got["pass@1"]["16"] < got["noisy"]["16"] <= got["pass@n"]["16"]
+  # Diagnostics of a score file: AUC against pair counting; no probes (they need the model).
+  flat_s = [by_key[p.question_id, c["candidate_id"]] for p in pools for c in p.candidates]
+  flat_c = [c["correct"] for p in pools for c in p.candidates]
+  pos = [s for s, c in zip(flat_s, flat_c) if c]
+  neg = [s for s, c in zip(flat_s, flat_c) if not c]
+  pairs = np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg])
+  assert full["diagnostics"]["noisy"]["pooled_auc"] == pytest.approx(pairs)
+  assert "probes" not in full["diagnostics"]["noisy"]
+  # The paired difference from pass@1 at the largest N, recomputed per problem.
+  d = [c[-1] - p.correct.mean() for c, p in zip(curves, pools)]
+  assert full["vs_pass@1"]["noisy"]["diff"] == pytest.approx(np.mean(d))
+  assert full["vs_pass@1"]["noisy"]["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(len(d)))
   import matplotlib.image  # pylint: disable=g-import-not-at-top
   assert matplotlib.image.imread(str(out / "best_of_n.png")).shape[2] in (3, 4)
   # Re-running on the saved scores reproduces the results exactly.
   eval_cli.main(["--task", "gsm8k", "--candidates", path, "--out", str(tmp_path / "again"),
              "--scores_file", str(out / "scores.jsonl"),
              "--gin_bindings", "EvalConfig.mc_samples = 300"])
-  assert json.load(open(tmp_path / "again" / "results.json")) == got
+  assert json.load(open(tmp_path / "again" / "results.json")) == full
 
 
 def _rec(qid, i, **kw):
@@ -239,9 +252,15 @@ def test_generate_with_a_tiny_policy(tmp_path):
              "--gin_bindings", "SamplerConfig.max_new_tokens = 12",
              "--gin_bindings", "GenerateConfig.problem_seed = 5"])
   assert open(tmp_path / "ev" / "candidates.jsonl").read() == open(out).read()
-  results = json.load(open(tmp_path / "ev" / "results.json"))
+  full = json.load(open(tmp_path / "ev" / "results.json"))
+  results = full["best_of_n"]
   assert list(results) == ["pass@1", "pass@n", "self_consistency"]
   assert list(results["pass@n"]) == ["1", "2", "3"]
+  # Sampled candidates carry their generated token counts: N samples cost N times their mean.
+  recs = [json.loads(l) for l in open(out)]
+  mean = np.mean([r["num_tokens"] for r in recs])
+  assert full["tokens_per_problem"]["self_consistency"]["3"] == pytest.approx(3 * mean)
+  assert full["tokens_per_problem"]["pass@1"]["3"] == pytest.approx(mean)
 
 
 def test_gsm8k_problems_and_answer_checks(tmp_path):
@@ -279,11 +298,29 @@ def test_eval_with_tiny_random_verifiers(tmp_path):
              "--verifier", f"cot={verifier}:cot", "--cot_votes", "2",
              "--gin_bindings", "ScoringConfig.rationale = @SamplerConfig()",
              "--gin_bindings", "SamplerConfig.max_new_tokens = 6"])
-  results = json.load(open(out / "results.json"))
+  full = json.load(open(out / "results.json"))
+  results = full["best_of_n"]
   assert list(results) == ["pass@1", "pass@n", "self_consistency", "gen", "gen+weighted_sc",
-                           "dpo", "cot", "cot+weighted_sc"]
+                           "dpo", "cot", "cot[K=1]", "cot+weighted_sc"]
   assert all(list(row) == ["1", "2", "4"] and all(0 <= v <= 1 for v in row.values())
              for row in results.values())
+  diag = full["diagnostics"]
+  assert set(diag) == {"gen", "dpo", "cot"} and "brier" not in diag["dpo"]
+  for name in diag:
+    assert set(diag[name]["probes"]) >= {"drop_answer_letter", "change_answer_letter",
+                                         "drop_step"}
+    assert all(0 <= v["rate"] <= 1 and v["problems"] == 3 for v in diag[name]["probes"].values())
+  # Tokens: solutions counted in the verifier's vocabulary (plus EOS); CoT adds its K votes.
+  sol = [len(vocab.encode(c["solution"])) + 1 for p in pools for c in p.candidates]
+  saved_lines = [json.loads(l) for l in open(out / "scores.jsonl")]
+  rat = np.array([r["rationale_tokens"]["cot"] for r in saved_lines])
+  assert rat.shape == (len(sol), 2) and (rat >= 1).all() and (rat <= 6).all()
+  tokens = full["tokens_per_problem"]
+  assert tokens["gen"]["4"] == pytest.approx(4 * np.mean(sol))
+  assert tokens["cot"]["4"] == pytest.approx(4 * np.mean(sol) + 4 * rat.sum(axis=1).mean())
+  assert tokens["cot[K=1]"]["4"] == pytest.approx(4 * np.mean(sol) + 4 * rat[:, 0].mean())
+  for png in ("best_of_n.png", "accuracy_vs_tokens.png", "reliability.png"):
+    assert (out / png).exists(), png
   meta = json.load(open(out / "meta.json"))
   assert any("dpo: scores are not probabilities" in n for n in meta["notes"])
   import matplotlib.image  # pylint: disable=g-import-not-at-top

@@ -77,7 +77,8 @@ def test_two_processes_write_what_one_writes(tmp_path):
   assert printed[1] == []
   multi, single = tmp_path / "multi", tmp_path / "single"
   assert sorted(os.listdir(multi)) == sorted(os.listdir(single)) == [
-      "best_of_n.png", "meta.json", "results.json", "scores.jsonl"]
+      "accuracy_vs_tokens.png", "best_of_n.png", "meta.json", "reliability.png", "results.json",
+      "scores.jsonl"]
   assert not list(tmp_path.glob(".multi*"))  # no temporary directory left behind
   assert json.load(open(multi / "meta.json"))["processes"] == 2
 
@@ -88,7 +89,11 @@ def test_two_processes_write_what_one_writes(tmp_path):
     assert got[key]["scores"]["v"] == pytest.approx(rec["scores"]["v"], rel=1e-5)
   res_multi = json.load(open(multi / "results.json"))
   res_single = json.load(open(single / "results.json"))
-  assert list(res_multi) == list(res_single) == ["pass@1", "pass@n", "self_consistency", "v",
-                                                 "v+weighted_sc"]
-  for name, row in res_single.items():
-    assert res_multi[name] == pytest.approx(row, abs=1e-9), name
+  assert list(res_multi["best_of_n"]) == list(res_single["best_of_n"]) == [
+      "pass@1", "pass@n", "self_consistency", "v", "v+weighted_sc"]
+  for name, row in res_single["best_of_n"].items():
+    assert res_multi["best_of_n"][name] == pytest.approx(row, abs=1e-9), name
+  # Probes were scored across the processes too: the same rates.
+  for name, probe in res_single["diagnostics"]["v"]["probes"].items():
+    assert res_multi["diagnostics"]["v"]["probes"][name]["rate"] == pytest.approx(
+        probe["rate"], abs=1e-9), name

@@ -3,6 +3,7 @@ released data (shared_data)."""
 
 from __future__ import annotations
 
+import collections
 import gzip
 import json
 
@@ -159,6 +160,39 @@ def test_gsm8k_tasks_on_a_data_folder(root, vocab):
                      if f"Q: {q}\n" in vocab.decode(b["inputs"][i])}
     assert seen["train"] and not seen["train"] & seen["validation"]
     assert {QUESTIONS[10], QUESTIONS[11]} <= seen["validation"]  # the paper's validation questions
+  finally:
+    gsm8k_tasks.register_gsm8k()
+
+
+def test_gsm8k_verifier_data_are_balanced_per_question(tmp_path, vocab):
+  mix = {1: (3, 1), 2: (2, 0), 3: (1, 2)}  # question: (correct, wrong) released solutions
+  crit = tmp_path / "genrm-critiques"
+  _write(crit / "rm" / "rm_a.jsonl", [_rm_record(i, c) for i, (good, bad) in mix.items()
+                                      for c in [True] * good + [False] * bad])
+  _write(crit / "critiques_val" / "rm_val.jsonl", [_rm_record(11, True), _rm_record(11, False)])
+
+  def per_question(name, kind):
+    got = collections.Counter()
+    for b in data.get_batches(name, "train", batch_size=1, seq_len=1024, objective=kind,
+                              vocab=vocab, repeat=False, pack=False):
+      if not b["segment_ids"].any():
+        continue
+      text = vocab.decode(b["inputs"][0])
+      q = next(i for i, q in enumerate(QUESTIONS, start=1) if f"Q: {q}\n" in text)
+      got[q, bool(b["labels"][0]) if kind == "disc" else True] += 1
+    return got
+
+  try:
+    gsm8k_tasks.register_gsm8k(data_dir=str(tmp_path), heldout_fraction=0.0)
+    # Question 2 has no wrong solution: it gives no verifier data, but its correct solutions
+    # still train the policy-style SFT task.
+    assert per_question("gsm8k_discriminative", "disc") == {(1, True): 1, (1, False): 1,
+                                                            (3, True): 1, (3, False): 1}
+    assert per_question("gsm8k_correct", "lm") == {(1, True): 3, (2, True): 2, (3, True): 1}
+    gsm8k_tasks.register_gsm8k(data_dir=str(tmp_path), heldout_fraction=0.0, balance=False,
+                               max_per_class=2)
+    assert per_question("gsm8k_discriminative", "disc") == {
+        (1, True): 2, (1, False): 1, (2, True): 2, (3, True): 1, (3, False): 2}
   finally:
     gsm8k_tasks.register_gsm8k()
 

@@ -1,4 +1,4 @@
-"""Parity with transformers' Gemma / Gemma 2, and the import/export round trips.
+"""Parity with transformers' Gemma / Gemma 2 / Gemma 3, and the import/export round trips.
 
 Reference: transformers (eager attention) on random weights it created, with every norm weight
 perturbed so a mis-mapped norm cannot hide behind the identity scale.
@@ -6,9 +6,12 @@ perturbed so a mis-mapped norm cannot hide behind the identity scale.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -38,6 +41,18 @@ HF_CONFIGS = {
         sliding_window=4, attn_logit_softcapping=None, final_logit_softcapping=None,
         layer_types=["full_attention", "sliding_attention", "sliding_attention",
                      "full_attention"])),
+    # 8 layers: the 5:1 pattern and 2 more local layers; window 5 < SEQ; linear-scaled global RoPE
+    # with bases far apart, so a swapped base or scale shows.
+    "gemma3_gqa": ("Gemma3TextConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=8,
+        query_pre_attn_scalar=20, sliding_window=5,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                            "rope_theta": 1000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}})),
+    "gemma3_mqa_softcap": ("Gemma3TextConfig", dict(
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_hidden_layers=6,
+        query_pre_attn_scalar=32, sliding_window=3, final_logit_softcapping=3.0,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"] * 2)),
 }
 
 
@@ -122,6 +137,67 @@ def test_logits_match_transformers_and_round_trip(name, tmp_path, sp_tokenizer):
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _gemma3_multimodal(seed: int = 0):
+  """A tiny Gemma3ForConditionalGeneration: the text tower of gemma3_gqa beside a SigLIP tower."""
+  text = dict(make_hf_model("gemma3_gqa").config.to_dict())
+  vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                image_size=28, patch_size=14)
+  cfg = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                  image_token_index=39, boi_token_index=37, eoi_token_index=38)
+  cfg._attn_implementation = "eager"  # pylint: disable=protected-access
+  torch.manual_seed(seed)
+  model = transformers.Gemma3ForConditionalGeneration(cfg).eval()
+  with torch.no_grad():
+    for pname, p in model.named_parameters():
+      if "norm" in pname:
+        p.normal_(0.0, 0.3)
+  return model
+
+
+@pytest.mark.parametrize("layout", ["saved", "transformers5_names"])
+def test_gemma3_multimodal_text_tower(tmp_path, layout):
+  model = _gemma3_multimodal()
+  tokens = tokens_for(37)  # below the image tokens
+  ref = hf_logits(model, tokens)
+  model.save_pretrained(tmp_path / "hf")
+  tensors = load_file(tmp_path / "hf" / "model.safetensors")
+  assert any(k.startswith("vision_tower.") for k in tensors)
+  if layout == "transformers5_names":  # as transformers 5 names them in memory
+    renamed = {k.replace("language_model.model.", "model.language_model.")
+               .replace("vision_tower.", "model.vision_tower."): v for k, v in tensors.items()}
+    save_file(renamed, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+  out = import_hf.import_hf(str(tmp_path / "hf"), str(tmp_path / "ours"))
+  cfg, params, meta = checkpoint.load_model_dir(out)
+  assert cfg.family == "gemma3" and meta["source"]["vision_tensors_left_out"] > 0
+  logits = jax.jit(model_lib.forward, static_argnums=0)(cfg, params, tokens)
+  assert rel_err(logits, ref) <= 1e-4
+  # Exported as the text-only Gemma3ForCausalLM.
+  export_hf.export_hf(out, str(tmp_path / "hf2"))
+  text, info = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path / "hf2", output_loading_info=True, attn_implementation="eager")
+  assert type(text).__name__ == "Gemma3ForCausalLM"
+  assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+  assert rel_err(hf_logits(text.eval(), tokens), ref) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["gemma3_270m", "gemma3_1b", "gemma3_4b", "gemma3_12b",
+                                  "gemma3_27b"])
+def test_gemma3_presets_round_trip_through_hf_config(name):
+  from genrm_jax import config  # pylint: disable=g-import-not-at-top
+  cfg = config.preset(name)
+  hf = hf_convert.config_to_hf(cfg, "bfloat16")
+  parsed = transformers.Gemma3TextConfig(**hf)  # accepted as is, and read the same way
+  assert parsed.layer_types == hf["layer_types"]
+  assert hf_convert.config_from_hf(hf) == cfg
+  # The older spelling of released config.json files: rope_theta, rope_local_base_freq,
+  # rope_scaling and sliding_window_pattern instead of per-layer-type fields.
+  old = {k: v for k, v in hf.items() if k not in ("rope_parameters", "layer_types")}
+  old.update(rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, sliding_window_pattern=6,
+             rope_scaling=({"rope_type": "linear", "factor": 8.0}
+                           if cfg.global_rope_scale != 1 else None))
+  assert hf_convert.config_from_hf(old) == cfg
 
 
 def test_sharded_export_and_tokenizer(tmp_path, sp_tokenizer):
@@ -254,6 +330,24 @@ def test_export_refuses_what_gemma1_cannot_express():
   from genrm_jax import config  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="attn_logits_soft_cap"):
     hf_convert.config_to_hf(config.tiny(attn_logits_soft_cap=50.0), "float32")
+  with pytest.raises(ValueError, match="use_qk_norm.*Gemma2ForCausalLM"):
+    hf_convert.config_to_hf(config.gemma2_2b(use_qk_norm=True), "float32")
+  # transformers' Gemma 3 attention never applies attn_logit_softcapping.
+  with pytest.raises(ValueError, match="attn_logits_soft_cap.*Gemma3ForCausalLM"):
+    hf_convert.config_to_hf(config.tiny_gemma3(attn_logits_soft_cap=50.0), "float32")
+  hf = hf_convert.config_to_hf(config.tiny_gemma3(), "float32")
+  with pytest.raises(ValueError, match="'attn_logit_softcapping'=50.0"):
+    hf_convert.config_from_hf(dict(hf, attn_logit_softcapping=50.0))
+
+
+def test_unsupported_gemma3_rope(tmp_path):
+  bad = tmp_path / "bad"
+  make_hf_model("gemma3_gqa").save_pretrained(bad)
+  cfg = json.loads((bad / "config.json").read_text())
+  cfg["rope_parameters"]["full_attention"] = {"rope_type": "yarn", "factor": 8.0,
+                                              "rope_theta": 1e6}
+  (bad / "config.json").write_text(json.dumps(cfg))
+  _expect_failure(bad, tmp_path / "out", r"'rope_parameters'\['full_attention'\].*yarn")
 
 
 # ----------------------------------------------------------------------------- official layout
@@ -294,13 +388,32 @@ def test_official_layout_variants(tmp_path):
     hf_convert.params_from_official(official, cfg)
 
 
-def test_official_gemma_library_parity():
-  """gm.nn.Transformer as an independent reference, in its own parameter layout.
+# The gemma library's declared dependencies (xmanager) force protobuf < 7, so it cannot be a test
+# dependency; on Python 3.11 its code runs with these packages alone, installed without their
+# dependencies (../shared/notes/dependencies.md). pip caches the wheels.
+GEMMA_LIBRARY = ("gemma==3.3.0", "kauldron==1.4.2", "jaxtyping==0.3.11", "lark==1.3.1",
+                 "typeguard==4.6.1", "chex==0.1.92", "toolz==1.2.0")
 
-  Runs only where the `gemma` library is importable; it installs only with --no-deps on
-  Python 3.11 (see ../shared/notes/dependencies.md), so it is not a test dependency.
-  """
-  gm = pytest.importorskip("gemma.gm")
+
+@pytest.fixture(scope="session")
+def gemma_library(request):
+  """DeepMind's `gemma` library (gemma.gm), installed once into pytest's cache."""
+  target = pathlib.Path(request.config.cache.mkdir("gemma_library"))
+  with open(target.parent / "gemma_library.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers share the folder
+    stamp = target / "installed.txt"
+    if not stamp.exists() or stamp.read_text() != " ".join(GEMMA_LIBRARY):
+      subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade",
+                      "--target", str(target), *GEMMA_LIBRARY], check=True)
+      stamp.write_text(" ".join(GEMMA_LIBRARY))
+  sys.path.insert(0, str(target))
+  from gemma import gm  # pylint: disable=g-import-not-at-top
+  return gm
+
+
+def test_official_gemma_library_parity(gemma_library):
+  """gm.nn.Transformer as an independent reference, in its own parameter layout."""
+  gm = gemma_library
   from genrm_jax import config  # pylint: disable=g-import-not-at-top
   nn_ = gm.nn
   at = nn_.AttentionType
@@ -325,15 +438,27 @@ def test_official_gemma_library_parity():
                         num_kv_heads=2, head_dim=8, query_pre_attn_scalar=16,
                         attn_logits_soft_cap=2.0, final_logit_soft_cap=3.0,
                         sliding_window_size=4)),
+      # Gemma 3: QK-norm (_query_norm/_key_norm), 5 local : 1 global over 8 layers, window 4,
+      # RoPE bases 10K / 1M and the global scale factor 8.
+      (nn_.config.TransformerConfig(
+          num_embed=40, embed_dim=64, hidden_dim=96, num_heads=4, head_dim=16, num_kv_heads=2,
+          final_logit_softcap=None, attn_logits_soft_cap=None, use_post_attn_norm=True,
+          use_post_ffw_norm=True, use_qk_norm=True, sliding_window_size=4,
+          transpose_gating_einsum=True, local_base_frequency=10_000,
+          global_base_frequency=1_000_000, global_scale_factor=8.0,
+          attention_types=nn_.config.make_attention_layers_types(
+              (at.LOCAL_SLIDING,) * 5 + (at.GLOBAL,), num_layers=8)),
+       config.tiny_gemma3(vocab_size=40, embed_dim=64, hidden_dim=96, head_dim=16,
+                          query_pre_attn_scalar=16)),
   ]
   # Token 0 is padding for gm.nn.Transformer's default mask: draw from 1..V-1.
   tokens = np.random.default_rng(7).integers(1, 40, (2, SEQ)).astype(np.int32)
   for gm_cfg, cfg in cases:
     ref_model = nn_.Transformer(config=gm_cfg, dtype=jax.numpy.float32)
-    ref_params = ref_model.init(jax.random.key(1), tokens)["params"]
+    ref_params = jax.jit(ref_model.init)(jax.random.key(1), tokens)["params"]
     ref_params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape),
                               ref_params)  # non-zero norm offsets
-    ref = np.asarray(ref_model.apply({"params": ref_params}, tokens).logits)
+    ref = np.asarray(jax.jit(ref_model.apply)({"params": ref_params}, tokens).logits)
     params = hf_convert.params_from_official(ref_params, cfg)
     logits = jax.jit(model_lib.forward, static_argnums=0)(cfg, params, tokens)
     assert rel_err(logits, ref) <= 1e-4

@@ -24,6 +24,31 @@ PUBLISHED = {
 }
 
 
+# Gemma 3 text towers with the tokenizer's 262,144 rows: 270M as on its model card; the others are
+# the Gemma 3 report's non-embedding counts (698M, 3,209M, 10,759M, 25,600M) plus the embedding,
+# and equal transformers' Gemma3ForCausalLM meta-device counts.
+PUBLISHED_GEMMA3 = {
+    "gemma3_270m": 268_098_176,
+    "gemma3_1b": 999_885_952,
+    "gemma3_4b": 3_880_099_328,
+    "gemma3_12b": 11_765_788_416,
+    "gemma3_27b": 27_009_002_240,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_GEMMA3))
+def test_gemma3_parameter_counts(name):
+  cfg = config.preset(name)
+  assert model_lib.count_params(cfg) == PUBLISHED_GEMMA3[name]
+  # Scanning stacks whole 6-layer patterns; the rest (1B: 2 layers) stays unscanned.
+  scanned = model_lib.sharding.unbox(model_lib.abstract_params(cfg.replace(scan_layers=True)))
+  tail = cfg.num_layers % 6
+  assert sorted(k for k in scanned if k.startswith("layer_")) == sorted(
+      f"layer_{i}" for i in range(cfg.num_layers - tail, cfg.num_layers))
+  assert scanned["layers"]["block_5"]["attn"]["_key_norm"]["scale"].shape == (
+      cfg.num_layers // 6, cfg.head_dim)
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_parameter_counts(name):
   cfg = config.preset(name, vocab_size=256_000)
@@ -60,10 +85,19 @@ def _perturbed_norms(params):
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_prefill_then_decode_matches_full_forward(scan_layers):
-  """Every position's logits, with one left-padded prompt in the batch."""
-  cfg = small_gemma2()
+def small_gemma3(**kw) -> config.ModelConfig:
+  """GQA, QK-norm, window 4 shorter than the sequences, 8 layers = one 5:1 pattern + 2 local."""
+  return config.tiny_gemma3(**dict(dict(vocab_size=50, embed_dim=32, hidden_dim=64, head_dim=8,
+                                        max_seq_len=64), **kw))
+
+
+# Compiling dominates; Gemma 3 runs scanned (the unscanned path is the sampler tests').
+@pytest.mark.parametrize("make_cfg,scan_layers", [(small_gemma2, False), (small_gemma2, True),
+                                                  (small_gemma3, True)])
+def test_prefill_then_decode_matches_full_forward(make_cfg, scan_layers):
+  """Every position's logits, with one left-padded prompt in the batch; positions run past the
+  window, and the 5-token prefill is longer than the 4-slot ring of local layers."""
+  cfg = make_cfg()
   params = _perturbed_norms(_params(cfg))
   run_cfg = cfg.replace(scan_layers=scan_layers)
   run_params = model_lib.scan_params(params, run_cfg)
@@ -92,6 +126,10 @@ def test_prefill_then_decode_matches_full_forward(scan_layers):
   np.testing.assert_allclose(got[1, pad:], refs[1], rtol=1e-5, atol=1e-5)
   assert int(cache["end"]) == t
   assert (np.asarray(cache["pos"])[1, :pad] == -1).all()
+  # Local layers keep the last `window` positions of each row, no more.
+  assert {b.shape[-1] for b in jax.tree.leaves(cache["k_local"])} == {cfg.sliding_window_size}
+  np.testing.assert_array_equal(np.sort(np.asarray(cache["pos_local"]), axis=1),
+                                [np.arange(t - 4, t), np.arange(t - pad - 4, t - pad)])
 
 
 def test_packed_segments_do_not_attend_across():
@@ -116,10 +154,12 @@ def _loss_and_grads(cfg, params, tokens):
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
-@pytest.mark.parametrize("variant", [dict(scan_layers=True), dict(remat_policy="full"),
-                                     dict(scan_layers=True, remat_policy="dots")])
-def test_scan_and_remat_give_the_same_function(variant):
-  cfg = small_gemma2()
+@pytest.mark.parametrize("make_cfg,variant", [
+    (small_gemma2, dict(scan_layers=True)), (small_gemma2, dict(remat_policy="full")),
+    (small_gemma2, dict(scan_layers=True, remat_policy="dots")),
+    (small_gemma3, dict(scan_layers=True, remat_policy="dots"))])
+def test_scan_and_remat_give_the_same_function(make_cfg, variant):
+  cfg = make_cfg()
   params = _params(cfg)
   tokens = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 9)), jnp.int32)
   other = cfg.replace(**variant)

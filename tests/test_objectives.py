@@ -44,17 +44,19 @@ def test_sequence_logprob_and_yes_probability():
 
 
 # logits_chunk 5 unembeds 5 of the 12 positions at a time (then 2 padded): the chunked loss.
-@pytest.mark.parametrize("chunk", [0, 5])
-def test_lm_loss_and_verdict_accuracy(chunk):
+@pytest.mark.parametrize("verdict_weight,chunk", [(1.0, 0), (8.0, 0), (8.0, 5)])
+def test_lm_loss_and_verdict_accuracy(verdict_weight, chunk):
   params = {"model": _params(1)}
   batch = synthetic.make_batch(0, batch_size=B, seq_len=T, objective="lm", vocab_size=24)
   batch["loss_weights"][1, :] = 0.0  # a row without targets must not count
-  terms = jax.jit(objectives.loss_terms_fn(objectives.ObjectiveConfig("lm", logits_chunk=chunk),
-                                           CFG))(params, batch, None)
+  assert batch["verdict_weights"].sum() > 0
+  obj = objectives.ObjectiveConfig("lm", verdict_weight=verdict_weight, logits_chunk=chunk)
+  terms = jax.jit(objectives.loss_terms_fn(obj, CFG))(params, batch, None)
   logits, _, _ = _forward(params["model"], batch["inputs"], batch["positions"],
                           batch["segment_ids"])
   lp = np.take_along_axis(_log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
-  w = batch["loss_weights"]
+  # Each verdict token counts verdict_weight times, in the loss and in its normaliser.
+  w = batch["loss_weights"] * np.where(batch["verdict_weights"] > 0, verdict_weight, 1.0)
   np.testing.assert_allclose(terms.loss / terms.weight, -(lp * w).sum() / w.sum(), rtol=1e-5)
   v = batch["verdict_weights"]
   hits = (np.asarray(logits).argmax(-1) == batch["targets"]) * v
@@ -100,6 +102,25 @@ def test_dpo_loss_against_reference(chunk):
   want = np.mean(np.log1p(np.exp(-margin)))
   np.testing.assert_allclose(terms.loss / terms.weight, want, rtol=1e-4)
   assert float(terms.correct) == (margin > 0).sum()
+
+
+@pytest.mark.parametrize("kind", ["lm", "dpo"])
+def test_chunked_loss_equals_plain_in_value_and_gradient(kind):
+  """Every objective that unembeds: 5 positions a piece (then 2 padded) vs all 12 at once."""
+  params, ref = {"model": _params(6)}, _params(7)
+  batch = synthetic.make_batch(3, batch_size=B, seq_len=T, objective=kind, vocab_size=24)
+
+  def grad(chunk):
+    terms_fn = objectives.loss_terms_fn(
+        objectives.ObjectiveConfig(kind, verdict_weight=3.0, logits_chunk=chunk), CFG)
+    loss = lambda p: terms_fn(p, batch, ref).loss  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  # Chunk 0 is one piece at this vocabulary (``logits.default_chunk``), i.e. the plain loss.
+  (want, want_g), (got, got_g) = grad(0), grad(5)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), got_g, want_g)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_g)) > 1e-3
 
 
 def test_head_json_roundtrip_is_exact():

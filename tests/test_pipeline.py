@@ -27,17 +27,24 @@ def _run(out):
 def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
   out = tmp_path / "run"
   proc = _run(out)
-  for stage in ("a.", "b.", "c.", "d.", "e. train verifier discriminative",
-                "e. train verifier genrm", "e. train verifier genrm_cot", "f."):
+  for stage in ("a.", "b.", "c.", "d.", "e. select the verifier data",
+                "f. train verifier discriminative", "f. train verifier genrm",
+                "f. train verifier genrm_cot", "g."):
     assert f"== {stage}" in proc.stdout
 
   for path in ("vocab.model", "policy/model/genrm_model.json", "policy/config.gin",
-               "eval/best_of_n.png", "eval/scores.jsonl", "timings.json"):
+               "verifier_data.jsonl", "verifier_data_card.json", "eval/best_of_n.png",
+               "eval/accuracy_vs_tokens.png", "eval/scores.jsonl", "timings.json"):
     assert (out / path).exists(), path
+  card = json.loads((out / "verifier_data_card.json").read_text())
+  assert card["selected"]["records"] == len((out / "verifier_data.jsonl").read_text().splitlines())
+  assert set(card["sampled"]["by"]) == {"words", "steps", "answer_length", "steps_minus_words",
+                                       "answer_minus_steps"}
   for line in (out / "test_candidates.jsonl").read_text().splitlines():
     rec = json.loads(line)
     assert {"question_id", "question", "solution", "extracted_answer", "correct"} <= set(rec)
-  results = json.loads((out / "eval" / "results.json").read_text())
+  full = json.loads((out / "eval" / "results.json").read_text())
+  results = full["best_of_n"]
   methods = {"pass@1", "pass@n", "self_consistency", *(v.name for v in pipeline.VERIFIERS)}
   assert methods <= set(results)
   largest = max(results["pass@1"], key=int)
@@ -47,12 +54,15 @@ def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
     assert results[name][largest] >= results["pass@1"][largest] - NOISE, name
   assert np.isclose(results["pass@1"]["1"], results["pass@n"]["1"])
   assert results["pass@n"][largest] >= results["pass@1"][largest]
+  for v in pipeline.VERIFIERS:
+    assert {"within_pool_auc", "pooled_auc", "probes"} <= set(full["diagnostics"][v.name])
+    assert full["tokens_per_problem"][v.name][largest] > 0
 
   # Same seed, same table: a second run from nothing writes the same candidates and results.
   again = tmp_path / "again"
   _run(again)
   assert (again / "test_candidates.jsonl").read_text() == (out / "test_candidates.jsonl").read_text()
-  assert json.loads((again / "eval" / "results.json").read_text()) == results
+  assert json.loads((again / "eval" / "results.json").read_text()) == full
 
 
 def test_same_seed_same_config(tmp_path):

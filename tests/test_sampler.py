@@ -35,9 +35,11 @@ def _decode_ids(cfg, params, prompts, sc, seed=0, num_samples=1, mesh=None, code
   return sampler.decode(cfg, params, prefix, parent, codec, sc, seed, mesh=mesh), prefix
 
 
-@pytest.mark.parametrize("gemma2", [False, True], ids=["gemma", "gemma2_local_softcap"])
-def test_greedy_equals_full_forward_left_padded_batch(lm, gemma2):
-  cfg = tiny_lm.small_cfg(vocab_size=lm[0].vocab_size, gemma2=gemma2)
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+def test_greedy_equals_full_forward_left_padded_batch(lm, family):
+  """Gemma 2: local layers and soft-capping; Gemma 3: local layers' cache a ring of 5 slots."""
+  cfg = tiny_lm.small_cfg(vocab_size=lm[0].vocab_size, gemma2=family == "gemma2",
+                          gemma3=family == "gemma3")
   params = tiny_lm.lively_params(cfg, seed=1)
   stop = 1
   sc = sampler.SamplerConfig(max_new_tokens=14, temperature=0.0)
@@ -49,6 +51,34 @@ def test_greedy_equals_full_forward_left_padded_batch(lm, gemma2):
     ref_lp = [float(jax.nn.log_softmax(tiny_lm.full_logits(cfg, params, prompt + ref[:i])[-1])[t])
               for i, t in enumerate(ref)]
     np.testing.assert_allclose(c.logprobs, ref_lp, atol=2e-4)
+
+
+def test_gemma3_extensions_with_padding_gaps_equal_full_forward(lm):
+  """Right-padded blocks leave gaps between a row's positions and cache slots: local layers must
+  still see exactly the last `window` positions, before and after their cache becomes a ring."""
+  cfg = tiny_lm.small_cfg(vocab_size=lm[0].vocab_size, gemma3=True)
+  params = tiny_lm.lively_params(cfg, seed=2)
+  rng = np.random.default_rng(0)
+  blocks = [[rng.integers(3, cfg.vocab_size, n).tolist() for n in lens]
+            for lens in ([3, 9, 2], [2, 1, 7], [4, 4, 1])]  # row x block
+  prefix = None
+  for j in range(3):
+    seqs = [row[j] for row in blocks]
+    parent = [0, 0, 0] if prefix is None else [0, 1, 2]
+    # Block 0 fits a 4-slot cache (no ring yet); the later ones grow it past the window.
+    prefix, out = sampler.extend(cfg, params, prefix, parent, seqs, token_logprobs=True,
+                                 length_buckets=(4, 16))
+    for row, lp in zip(blocks, out["token_logprobs"]):
+      seen = sum(row[:j], [])
+      ref = jax.nn.log_softmax(tiny_lm.full_logits(cfg, params, seen + row[j]))
+      want = [float(ref[len(seen) + t, row[j][t + 1]]) for t in range(len(row[j]) - 1)]
+      np.testing.assert_allclose(lp, want, atol=2e-4)
+  slots = lambda name: {b.shape[-1] for b in jax.tree.leaves(prefix.cache[name])}  # noqa: E731
+  assert slots("k_local") == {5} and min(slots("k")) > 5
+  sc = sampler.SamplerConfig(max_new_tokens=8, temperature=0.0)
+  comps = sampler.decode(cfg, params, prefix, [2, 0, 1], tiny_lm.char_codec(eos_id=-1), sc, 0)
+  for r, c in zip([2, 0, 1], comps):
+    assert c.token_ids == tiny_lm.greedy_reference(cfg, params, sum(blocks[r], []), 8)
 
 
 def test_top_k_1_equals_greedy(lm):
@@ -90,6 +120,26 @@ def test_seeds_reproducible_and_samples_reuse_prompt_cache(lm):
   d, _ = _decode_ids(cfg, params, repeated, sc, seed=7)
   assert ids(d) == ids(a)
 
+
+
+def test_row_seeds_make_a_sample_independent_of_its_batch(lm):
+  cfg, params = lm
+  codec = tiny_lm.char_codec()
+  prefix, _ = sampler.extend(cfg, params, None, [0] * len(PROMPTS), PROMPTS)
+  ids = lambda cs: [x.token_ids for x in cs]  # noqa: E731
+  # Rows (prompt, seed): the whole batch, then each row alone, then the batch reversed.
+  rows, seeds = [0, 1, 2, 1], [11, 12, 13, 14]
+  batch = ids(sampler.decode(cfg, params, prefix, rows, codec, SAMPLED, 5, row_seeds=seeds))
+  alone = [ids(sampler.decode(cfg, params, prefix, [r], codec, SAMPLED, 5, row_seeds=[s]))[0]
+           for r, s in zip(rows, seeds)]
+  reverse = ids(sampler.decode(cfg, params, prefix, rows[::-1], codec, SAMPLED, 5,
+                               row_seeds=seeds[::-1]))
+  assert batch == alone == reverse[::-1]
+  assert batch[1] != batch[3]  # one prompt, two seeds: two samples
+  other = ids(sampler.decode(cfg, params, prefix, rows, codec, SAMPLED, 6, row_seeds=seeds))
+  assert other != batch
+  with pytest.raises(ValueError, match="2 row seeds for 4 rows"):
+    sampler.decode(cfg, params, prefix, rows, codec, SAMPLED, 5, row_seeds=[1, 2])
 
 def test_stop_token_and_stop_string(lm):
   cfg, params = lm

@@ -108,3 +108,41 @@ def test_sharded_direct_scores_equal_single_device(lm):
   one = scoring.score("genrm", cfg, params, vocab, QUESTIONS, SOLUTIONS, opts)
   many = scoring.score("genrm", cfg, sharded, vocab, QUESTIONS, SOLUTIONS, opts, mesh=mesh)
   np.testing.assert_allclose(many.scores, one.scores, rtol=1e-4)
+
+
+def test_cot_scores_do_not_depend_on_the_batch(lm):
+  """An item's rationales come from (seed, prompt, k): alone, reordered or chunked, the same."""
+  cfg, params, vocab = lm
+  rationale = sampler.SamplerConfig(max_new_tokens=8, temperature=1.0)
+  opts = scoring.ScoringConfig(instruction=INSTRUCTION, num_rationales=2, rationale=rationale)
+  full = scoring.score("genrm_cot", cfg, params, vocab, QUESTIONS, SOLUTIONS, opts, seed=3)
+  order = [4, 1, 3, 0, 2]
+  shuffled = scoring.score("genrm_cot", cfg, params, vocab, [QUESTIONS[i] for i in order],
+                           [SOLUTIONS[i] for i in order],
+                           scoring.ScoringConfig(**{**opts.__dict__, "max_rows": 2}), seed=3)
+  alone = scoring.score("genrm_cot", cfg, params, vocab, QUESTIONS[2:3], SOLUTIONS[2:3], opts,
+                        seed=3)
+  assert [shuffled.rationales[order.index(i)] for i in range(5)] == full.rationales
+  np.testing.assert_allclose(shuffled.scores[np.argsort(order)], full.scores, rtol=1e-5)
+  assert alone.rationales[0] == full.rationales[2]
+  other = scoring.score("genrm_cot", cfg, params, vocab, QUESTIONS, SOLUTIONS, opts, seed=4)
+  assert other.rationales != full.rationales
+
+
+def test_context_needed_counts_each_methods_tokens(lm):
+  _, _, vocab = lm
+  codec = sampler.as_codec(vocab)
+  opts = scoring.ScoringConfig(instruction=INSTRUCTION,
+                               rationale=sampler.SamplerConfig(max_new_tokens=9))
+  q, s = QUESTIONS[0], SOLUTIONS[0]
+  direct = len(codec.prompt_ids(formats.direct_prompt(q, s, INSTRUCTION)))
+  assert scoring.context_needed("genrm", vocab, q, s, opts) == direct
+  # CoT: its prompt, then up to 9 rationale tokens, "\n" and the verdict question.
+  cot = len(codec.prompt_ids(formats.cot_prompt(q, s, INSTRUCTION)))
+  assert scoring.context_needed("genrm_cot", vocab, q, s, opts) == (
+      cot + 9 + len(formats.VERDICT_QUESTION) + 1)  # a character vocabulary: one token a char
+  # dpo: BOS + question prompt + solution + EOS.
+  assert scoring.context_needed("dpo", vocab, q, s, opts) == (
+      1 + len(formats.question_prompt(q, INSTRUCTION)) + len(s) + 1)
+  with pytest.raises(ValueError, match="unknown method 'x'"):
+    scoring.context_needed("x", vocab, q, s, opts)

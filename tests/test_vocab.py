@@ -68,3 +68,24 @@ def test_default_vocab_resolution(vocab, monkeypatch):
   vocab_lib.set_default_vocab(None)
   with pytest.raises(FileNotFoundError):
     vocab_lib.load_vocab(str(vocab.path) + ".missing")
+
+
+def test_phrases_are_single_pieces_and_split_tokenization_still_holds(tmp_path):
+  v = vocab_lib.train_char_vocab(TEXTS, str(tmp_path / "p.model"), phrases=formats.PHRASES)
+  for phrase in formats.PHRASES:
+    (piece,) = v.encode(phrase)
+    assert v.decode([piece]) == phrase
+  q, s = "abc def", "abc:c\ndef:f\nThe answer is cf."
+  pairs = [(formats.direct_prompt(q, s, ""), formats.YES),
+           (formats.cot_prompt(q, s, ""), formats.cot_target("abc:c ok\nanswer cf ok", True)),
+           (formats.question_prompt(q, ""), s)]
+  for prompt, target in pairs:
+    assert v.encode(prompt) + v.encode(target) == v.encode(prompt + target)
+    assert v.decode(v.encode(prompt + target)) == prompt + target
+  # Half the tokens of a verification record were the format's fixed text.
+  plain = vocab_lib.train_char_vocab(TEXTS, str(tmp_path / "c.model"))
+  direct = formats.direct_prompt(q, s, "")
+  assert len(v.encode(direct)) < 0.6 * len(plain.encode(direct))
+  assert vocab_lib.verdict_token_ids(v) == vocab_lib.verdict_token_ids(plain)
+  with pytest.raises(ValueError, match="no newline"):
+    vocab_lib.train_char_vocab(TEXTS, str(tmp_path / "bad.model"), phrases=("a\nb",))

@@ -11,9 +11,13 @@ import numpy as np
 from genrm_jax import config, model, sampler
 
 
-def small_cfg(vocab_size: int = 64, gemma2: bool = False) -> config.ModelConfig:
+def small_cfg(vocab_size: int = 64, gemma2: bool = False, gemma3: bool = False
+              ) -> config.ModelConfig:
   kw = dict(vocab_size=vocab_size, num_layers=2, embed_dim=64, hidden_dim=128, num_heads=4,
             num_kv_heads=2, head_dim=16, max_seq_len=256)
+  if gemma3:
+    # 7 layers: one 5-local-1-global pattern and a local tail; window 5 < the sequences.
+    return config.tiny_gemma3(**dict(kw, num_layers=7, sliding_window_size=5))
   if gemma2:
     kw.update(attention_types=(config.AttentionType.LOCAL_SLIDING, config.AttentionType.GLOBAL),
               sliding_window_size=5, attn_logits_soft_cap=50.0, final_logit_soft_cap=30.0,
