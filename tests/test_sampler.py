@@ -215,3 +215,15 @@ def test_sharded_sampling_equals_single_device_with_sharded_cache(lm):
     spec = tuple(buf.sharding.spec)
     assert spec + (None,) * (5 - len(spec)) == (None, ("data", "fsdp"), "tensor", None, None)
     assert np.prod(buf.addressable_shards[0].data.shape) * 8 == np.prod(buf.shape)
+
+
+def test_rewind_of_a_wrapped_ring_cache_is_refused():
+  """A 5-slot local ring: forgetting 2+ tokens once position 5 was written would lose keys."""
+  ring = {"pos": np.zeros((2, 12), np.int32), "pos_local": np.zeros((2, 5), np.int32)}
+  prefix = sampler.Prefix(ring, None, np.array([9, 5]), 2)
+  assert sampler.can_rewind(prefix, [1, 3])  # one token, or a ring that never wrapped
+  assert not sampler.can_rewind(prefix, [2, 0])
+  with pytest.raises(ValueError, match="ring cache"):
+    sampler.rewind(prefix, [2, 0])
+  no_ring = sampler.Prefix({"pos": ring["pos"]}, None, np.array([9, 5]), 2)
+  assert sampler.can_rewind(no_ring, [9, 5])
