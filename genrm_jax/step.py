@@ -169,3 +169,14 @@ def make_train_step(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: opti
   m_shard = {k: _replicated(mesh) for k in ("loss", "accuracy", "grad_norm", "lr")}
   return jax.jit(step, in_shardings=(s_shard, batch_shardings(obj.kind, mesh)),
                  out_shardings=(s_shard, m_shard), donate_argnums=(0,))
+
+
+def compiled_memory(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
+                    mesh: Mesh, batch_size: int, seq_len: int) -> tuple[int, int]:
+  """(temporary bytes, arguments + outputs not aliased + temporaries) per device of the train
+  step compiled for abstract inputs of that shape: XLA's peak without running anything."""
+  state = abstract_state(cfg, obj, opt, mesh)
+  data = objectives.abstract_batch(obj.kind, batch_size, seq_len, batch_shardings(obj.kind, mesh))
+  mem = make_train_step(cfg, obj, opt, mesh).lower(state, data).compile().memory_analysis()
+  return mem.temp_size_in_bytes, (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                  - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
