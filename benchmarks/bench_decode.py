@@ -13,7 +13,8 @@
 2. GenRM-CoT scoring of N=16 solutions of one question x K=8 rationales (``--cot_new`` tokens each,
    then p(Yes) after the verdict question), with and without prefix reuse (``share_prefix``): with
    it, the question prefix is prefilled once, each solution extends it, and its K rationales decode
-   from that cache; without it, each of the 128 rows prefills the whole prompt.
+   from that cache; without it, each of the 128 rows prefills the whole prompt. The two settings
+   alternate, ``--cot_reps`` times each, and the medians are reported.
 """
 
 from __future__ import annotations
@@ -27,23 +28,11 @@ import time
 import jax
 import numpy as np
 
+import harness
 from families import FAMILIES, in_family
 from genrm_jax import config, export_hf, formats, sampler, scoring
 from genrm_jax import model as model_lib
 from genrm_jax import vocab as vocab_lib
-
-
-def time_interleaved(fns, reps: int) -> list[float]:
-  """Median seconds per call of each fn (after one warm-up call each), alternating them."""
-  for fn in fns:
-    fn()
-  times = [[] for _ in fns]
-  for _ in range(reps):
-    for fn, ts in zip(fns, times):
-      t0 = time.perf_counter()
-      fn()
-      ts.append(time.perf_counter() - t0)
-  return [float(np.median(ts)) for ts in times]
 
 
 # torch's OpenMP threads collapse when the 2 cores are shared with other work (seen here: 10x
@@ -90,7 +79,8 @@ def bench_decode(cfg, params, hf, batches, prompt_len: int, new: int, reps: int)
                           pad_token_id=0)
       out["hf"] = gen[:, prompt_len:].tolist()
 
-    t_jax, *t_threads = time_interleaved([ours] + [lambda n=n: theirs(n) for n in THREADS], reps)
+    t_jax, *t_threads = (t.wall for t in harness.time_interleaved(
+        [ours] + [lambda n=n: theirs(n) for n in THREADS], reps))
     t_hf = min(t_threads)
     same = np.mean(np.asarray(out["jax"]) == np.asarray(out["hf"]))
     print(f"{b:>5} | {b * new / t_jax:>15.0f} | {b * new / t_hf:>18.0f} | "
@@ -105,23 +95,26 @@ def bench_cot(cfg, params, vocab, n: int, k: int, new: int, reps: int) -> None:
                f"The answer is {72 + i}" for i in range(n)]
   rationale = sampler.SamplerConfig(max_new_tokens=new, temperature=0.7,
                                     stop_strings=(formats.VERDICT_QUESTION,))
-  times = {}
+  fns, seeds = [], {}
   for share in (True, False):
     opts = scoring.ScoringConfig(num_rationales=k, rationale=rationale, share_prefix=share,
                                  max_rows=n * k)
-    run = lambda seed, o=opts: scoring.genrm_cot(  # noqa: E731
-        cfg, params, vocab, [question] * n, solutions, o, seed=seed)
-    t0 = time.perf_counter()
-    run(0)
-    first = time.perf_counter() - t0
-    ts = []
-    for r in range(reps):
-      t0 = time.perf_counter()
-      run(r + 1)
-      ts.append(time.perf_counter() - t0)
-    times[share] = float(np.median(ts))
-    print(f"  prefix reuse {'on ' if share else 'off'}: {times[share]:.2f} s "
-          f"(first call incl. compile {first:.1f} s)")
+
+    def run(o=opts, share=share):  # a new seed each call: new rationales, same shapes
+      seeds[share] = seeds.get(share, -1) + 1
+      scoring.genrm_cot(cfg, params, vocab, [question] * n, solutions, o, seed=seeds[share])
+
+    fns.append(run)
+  t0 = time.perf_counter()
+  for run in fns:  # the compiling calls
+    run()
+  print(f"  first calls (compile included): {time.perf_counter() - t0:.1f} s")
+  timings = harness.time_interleaved(fns, reps, warmup=0)
+  times = {}
+  for share, t in zip((True, False), timings):
+    times[share] = t.wall
+    print(f"  prefix reuse {'on ' if share else 'off'}: {t.wall:.2f} s, median of "
+          f"{' '.join(f'{x:.2f}' for x in t.walls)}")
   prompt = len(vocab.encode(formats.cot_prompt(question, solutions[0])))
   print(f"  -> prefix reuse is {times[False] / times[True]:.2f}x faster "
         f"(prompt {prompt} tokens, {n} x {k} rationales of up to {new} tokens)")
@@ -160,12 +153,12 @@ def main() -> None:
   ap.add_argument("--cot_n", type=int, default=16)
   ap.add_argument("--cot_k", type=int, default=8)
   ap.add_argument("--cot_new", type=int, default=64)
-  ap.add_argument("--cot_reps", type=int, default=1)
+  ap.add_argument("--cot_reps", type=int, default=3)
   ap.add_argument("--skip_hf", action="store_true", help="only time genrm-jax's CoT scoring")
   ap.add_argument("--family", default="gemma", choices=FAMILIES)
   args = ap.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
-  with tempfile.TemporaryDirectory() as tmp:
+  with tempfile.TemporaryDirectory() as tmp, harness.reported_load():
     vocab = subword_vocab(tmp, config.bench_10m().vocab_size)
     cfg = in_family(config.bench_10m(vocab_size=vocab.vocab_size), args.family)
     params = model_lib.init_params(cfg, jax.random.key(0))

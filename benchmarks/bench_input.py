@@ -3,7 +3,8 @@
 Measures ``genrm_jax.data.get_batches`` ("ours": seqio tokenization + numpy packing) and, as the
 peer in the same run, seqio's own ``PrefixLMFeatureConverter(pack=True)`` on the same task,
 vocabulary and row length. Prints examples/s and real tokens/s (wall clock, and per CPU-second of
-the process, which stays comparable on a shared, loaded machine), row fill, and the ratio.
+the process, which stays comparable on a shared, loaded machine), row fill, and the ratio; the
+two sides read alternating blocks of batches and each figure is the median block.
 
     python benchmarks/bench_input.py --data_dir ../shared/data [--vocab gemma.model]
 
@@ -20,6 +21,8 @@ import time
 
 import numpy as np
 
+import harness
+
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -29,7 +32,8 @@ def main() -> None:
   parser.add_argument("--vocab", default=None, help="a SentencePiece .model (default: train one)")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--seq_len", type=int, default=1024)
-  parser.add_argument("--batches", type=int, default=100)
+  parser.add_argument("--batches", type=int, default=25, help="batches per timed block")
+  parser.add_argument("--reps", type=int, default=4, help="alternating blocks per side")
   args = parser.parse_args()
 
   import seqio  # pylint: disable=g-import-not-at-top
@@ -56,33 +60,18 @@ def main() -> None:
                       for r in records.verify(cands[:2000], "x")])
   print(f"vocab {vocab.vocab_size} pieces; ~{mean_len:.0f} tokens per verification example")
 
-  def run(name, make_iterator, count_tokens):
-    t0 = time.perf_counter()
-    it = make_iterator()
-    first = next(it)
-    startup = time.perf_counter() - t0
-    t0, c0 = time.perf_counter(), time.process_time()
-    tokens = examples = 0
-    for _ in range(args.batches):
-      b = next(it)
-      tok, ex = count_tokens(b)
-      tokens += tok
-      examples += ex
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rows = args.batches * len(first[next(iter(first))])
-    print(f"{name:>8}: startup + first batch {startup:5.1f} s; {examples / dt:6.0f} examples/s "
-          f"{tokens / dt:8.0f} tokens/s (wall); {examples / cpu:6.0f} examples/s "
-          f"{tokens / cpu:8.0f} tokens/s per CPU-second; "
-          f"rows {tokens / rows / args.seq_len:.1%} full")
-    return examples / cpu, tokens / cpu
+  def counter(it, count_tokens, totals):
+    """One block of ``--batches`` batches from the open iterator ``it``."""
+    def block():
+      for _ in range(args.batches):
+        tok, ex = count_tokens(next(it))
+        totals[0] += tok
+        totals[1] += ex
+    return block
 
   def ours_counts(b):
     sid = b["segment_ids"]
     return int((sid > 0).sum()), int(sum(len(np.unique(r[r > 0])) for r in sid))
-
-  ours = run("ours", lambda: data.get_batches(args.task, "train", batch_size=args.batch_size,
-                                              seq_len=args.seq_len, seed=0, vocab=vocab),
-             ours_counts)
 
   def peer_iterator():
     with vocab_lib.using(vocab):
@@ -96,7 +85,29 @@ def main() -> None:
     sid = b["decoder_segment_ids"]
     return int((sid > 0).sum()), int(sum(len(np.unique(r[r > 0])) for r in sid))
 
-  peer = run("seqio", peer_iterator, peer_counts)
+  sides = {"ours": (lambda: data.get_batches(args.task, "train", batch_size=args.batch_size,
+                                             seq_len=args.seq_len, seed=0, vocab=vocab),
+                    ours_counts),
+           "seqio": (peer_iterator, peer_counts)}
+  blocks, totals = [], {}
+  for name, (make_iterator, count_tokens) in sides.items():
+    t0 = time.perf_counter()
+    it = make_iterator()
+    next(it)
+    print(f"{name:>8}: startup + first batch {time.perf_counter() - t0:5.1f} s")
+    totals[name] = [0, 0]
+    blocks.append(counter(it, count_tokens, totals[name]))
+  with harness.reported_load():
+    timings = harness.time_interleaved(blocks, args.reps, warmup=0)
+  rate = {}
+  for (name, t) in zip(sides, timings):
+    tok, ex = (x / args.reps for x in totals[name])  # per block
+    rate[name] = (ex / t.cpu, tok / t.cpu)
+    print(f"{name:>8}: {ex / t.wall:6.0f} examples/s {tok / t.wall:8.0f} tokens/s (wall); "
+          f"{ex / t.cpu:6.0f} examples/s {tok / t.cpu:8.0f} tokens/s per CPU-second; rows "
+          f"{tok / (args.batches * args.batch_size * args.seq_len):.1%} full (median of "
+          f"{args.reps} alternating blocks of {args.batches} batches)")
+  ours, peer = rate["ours"], rate["seqio"]
   print(f"ratio ours/seqio per CPU-second: {ours[0] / peer[0]:.2f}x examples, "
         f"{ours[1] / peer[1]:.2f}x tokens (seqio's packer truncates silently; ours drops "
         "over-long verdict examples and counts them)")

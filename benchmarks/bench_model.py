@@ -5,19 +5,19 @@
 Both sides compute the mean next-token cross-entropy and its gradient with respect to every
 parameter, in fp32, from the same weights (exported through genrm_jax.hf_convert; the script
 checks the two losses agree before timing). torch runs with 2 threads, XLA with its defaults;
-steps alternate between the two and the median is reported. Prints tokens/s for each and the
-ratio genrm-jax / torch.
+steps alternate between the two and the median is reported, with the load average around the
+timing. Prints tokens/s for each and the ratio genrm-jax / torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import harness
 from families import FAMILIES, in_family
 from genrm_jax import config, hf_convert
 from genrm_jax import model as model_lib
@@ -43,24 +43,6 @@ def torch_model(cfg: config.ModelConfig, params):
   assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
   model.tie_weights()
   return model.train()
-
-
-def time_interleaved(fns, steps: int) -> list[tuple[float, float]]:
-  """Median (wall, process CPU) seconds per call of each fn, alternating the fns.
-
-  Alternating makes varying machine load hit both alike; CPU seconds (all threads) measure the
-  work done, which stays meaningful when other processes share the cores.
-  """
-  for fn in fns:  # compile / warm up
-    fn()
-    fn()
-  times = [[] for _ in fns]
-  for _ in range(steps):
-    for fn, ts in zip(fns, times):
-      w, c = time.perf_counter(), time.process_time()
-      fn()
-      ts.append((time.perf_counter() - w, time.process_time() - c))
-  return [tuple(np.median(np.array(ts), axis=0)) for ts in times]
 
 
 def main() -> None:
@@ -102,7 +84,8 @@ def main() -> None:
   print(f"config bench_10m/{cfg.family}: {model_lib.count_params(cfg):,} params, "
         f"batch {args.batch} x seq {args.seq}, fp32; loss jax {jl:.6f} torch {tl:.6f}")
   assert abs(jl - tl) < 1e-3 * abs(tl), "the two sides do not compute the same loss"
-  (tj, cj), (tt, ct) = time_interleaved([run_jax, run_torch], args.steps)
+  with harness.reported_load():
+    (tj, cj, _), (tt, ct, _) = harness.time_interleaved([run_jax, run_torch], args.steps)
   print(f"genrm-jax   fwd+bwd {tj * 1e3:8.1f} ms/step  {n_tokens / tj:8.0f} tokens/s  "
         f"({cj:.2f} CPU-s/step)")
   print(f"torch (2 t) fwd+bwd {tt * 1e3:8.1f} ms/step  {n_tokens / tt:8.0f} tokens/s  "

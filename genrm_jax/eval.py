@@ -148,16 +148,22 @@ def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
   if not flat:  # more processes than problems
     return {f: np.zeros((0, k) if f in ("votes", "rationale_tokens") else 0)
             for f in _fields(method)}
-  r = verifier.score(method, [c["question"] for c in flat], [c["solution"] for c in flat], opts,
-                     seed=ec.seed)
-  out = {"score": np.asarray(r.scores, np.float64)}
+  # A sampled pool repeats solutions (the default run's 2,048 test candidates hold 306 distinct
+  # ones): each distinct (question, solution) is scored once and its outputs shared, so a
+  # candidate's score is a function of its text, and CoT spends its K rationales once per text.
+  # The token accounting still charges every candidate its own solution and rationales.
+  index: dict[tuple[str, str], int] = {}
+  where = np.array([index.setdefault((c["question"], c["solution"]), len(index)) for c in flat])
+  unique = list(index)
+  r = verifier.score(method, [q for q, _ in unique], [s for _, s in unique], opts, seed=ec.seed)
+  out = {"score": np.asarray(r.scores, np.float64)[where]}
   if method in scoring.VERDICT_METHODS:
     out["prob"] = out["score"]
   elif method == "disc":
     out["prob"] = 1.0 / (1.0 + np.exp(-out["score"]))
   if method in scoring.COT_METHODS:
-    out["votes"] = np.asarray(r.rationale_scores, np.float64)
-    out["rationale_tokens"] = np.asarray(r.rationale_tokens, np.float64)
+    out["votes"] = np.asarray(r.rationale_scores, np.float64)[where]
+    out["rationale_tokens"] = np.asarray(r.rationale_tokens, np.float64)[where]
   return out
 
 

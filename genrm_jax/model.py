@@ -16,6 +16,7 @@ local sliding-window layers' keys by position modulo the window (``k_local``, ``
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -78,6 +79,63 @@ class RMSNorm(nn.Module):
     return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
 
 
+def _dot_order(s1: str, s2: str, out: str) -> str:
+  """The output order of XLA's dot of operands with axes s1, s2: batch, s1's free, s2's free."""
+  return "".join([a for a in s1 if a in s2 and a in out] + [a for a in s1 if a not in s2]
+                 + [a for a in s2 if a not in s1])
+
+
+def _einsum(s1: str, s2: str, out: str, a: jax.Array, b: jax.Array, barrier: bool = False):
+  """``jnp.einsum`` with ``a`` as the dot's left operand, then a separate transpose to ``out``.
+
+  Asked for another output order, ``jnp.einsum`` may swap the operands, and XLA's CPU dot then
+  reads the larger one (e.g. attention probabilities) through a transposed copy. The barrier
+  keeps XLA from folding the transpose back into the dot, which swaps them the same way.
+  """
+  order = _dot_order(s1, s2, out)
+  y = jnp.einsum(f"{s1},{s2}->{order}", a, b)
+  if barrier:
+    y = jax.lax.optimization_barrier(y)
+  return y if order == out else jnp.einsum(f"{order}->{out}", y)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def dense(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
+  """``jnp.einsum(spec, x, w)`` with dots that XLA's CPU backend runs without big transposes.
+
+  ``w`` is a weight, or the keys / values of attention. Its gradient contracts over the axes
+  that ``x`` and the output gradient ``g`` share (tokens), so its dot needs one of them
+  transposed; left to itself, XLA on CPU transposes the wider one: the [B, T, F] MLP gradient
+  (4x the [B, T, D] input), the [B, K, T, G, S] attention probabilities. Here the operand with
+  fewer free elements goes first and is the one transposed. Same values.
+  """
+  (xs, ws), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  return _einsum(xs, ws, out, x, w)
+
+
+def _dense_fwd(spec, x, w):
+  return dense(spec, x, w), (x, w)
+
+
+def _dense_bwd(spec, res, g):
+  x, w = res
+  (xs, ws), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  dx = _einsum(out, ws, xs, g, w)
+  free = lambda s, shape, other: math.prod(  # noqa: E731
+      n for a, n in zip(s, shape) if a in ws and a not in other)
+  if free(xs, x.shape, out) < free(out, g.shape, xs):
+    narrow_first = lambda: _einsum(xs, out, ws, x, g, barrier=True)  # noqa: E731
+  else:
+    narrow_first = lambda: _einsum(out, xs, ws, g, x, barrier=True)  # noqa: E731
+  # TPU and GPU compilers pick dot layouts themselves; only CPU gets the fixed order.
+  dw = jax.lax.platform_dependent(
+      cpu=narrow_first, default=lambda: jnp.einsum(f"{xs},{out}->{ws}", x, g))
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 def apply_rope(x: jax.Array, positions: jax.Array, base: float, scale: float = 1.0) -> jax.Array:
   """Rotary embedding on [B, T, heads, H], rotating the two halves of H (Gemma's layout).
 
@@ -114,8 +172,12 @@ class Attention(nn.Module):
     wo = _Weight(cfg, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5,
                  name="attn_vec_einsum")()
 
-    q = jnp.einsum("BTD,NDH->BTNH", x, wq.astype(dt))
-    kk, vv = jnp.einsum("BTD,CKDH->CBTKH", x, wkv.astype(dt))
+    q = dense("BTD,NDH->BTNH", x, wq.astype(dt))
+    # One einsum per stacked weight, each in the dot's natural output order: a stacked
+    # "CBTKH" output is a transpose of the activations, and slicing it makes the backward pad
+    # and add (the profile of a CPU train step showed both).
+    kk = dense("BTD,KDH->BTKH", x, wkv[0].astype(dt))
+    vv = dense("BTD,KDH->BTKH", x, wkv[1].astype(dt))
     if cfg.use_qk_norm:
       q = RMSNorm(cfg, name="_query_norm")(q)
       kk = RMSNorm(cfg, name="_key_norm")(kk)
@@ -125,18 +187,28 @@ class Attention(nn.Module):
     q = sharding.constrain(q, ("batch", "length", "act_heads", None))
     kk = sharding.constrain(kk, ("batch", "length", "act_kv_heads", None))
 
+    # Keys as [B, K, H, S]: the layout in which XLA's CPU batched q.k dot reads them without a
+    # transposed copy (a copy of a whole cache at every decode step). Values are read as
+    # [B, S, K, H] when all queries are here (training, where XLA then reads the probabilities
+    # untransposed too) and from the cache as [B, K, H, S] (a decode step's probabilities are
+    # few, and XLA transposes those instead of the values).
+    kt = kk.transpose(0, 2, 3, 1)
+    values, v_axes = vv, "BSKH"
     if cache is not None:
-      kk, vv, cache = _cache_update(cache, self.attention_type, kk, vv, layer, write,
-                                    mask.shape[-1], dt)
+      kt, values, cache = _cache_update(cache, self.attention_type, kk, vv, layer, write,
+                                        mask.shape[-1], dt)
+      v_axes = "BKHS"
 
     b, t = q.shape[:2]
     qg = q.reshape(b, t, k, n // k, h)
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", qg, kk).astype(jnp.float32)
+    # [B, K, T, G, S] is the batched dot's own output order (batch, lhs free, rhs free): no
+    # transpose of the largest activation, forward or backward.
+    logits = dense("BTKGH,BKHS->BKTGS", qg, kt).astype(jnp.float32)
     logits = soft_cap(logits, cfg.attn_logits_soft_cap)
-    logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
+    logits = jnp.where(mask[:, None, :, None, :], logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    enc = jnp.einsum("BKGTS,BSKH->BTKGH", probs, vv).reshape(b, t, n, h)
-    out = jnp.einsum("BTNH,NHD->BTD", enc, wo.astype(dt))
+    enc = dense(f"BKTGS,{v_axes}->BTKGH", probs, values).reshape(b, t, n, h)
+    out = dense("BTNH,NHD->BTD", enc, wo.astype(dt))
     return out, cache
 
 
@@ -144,31 +216,36 @@ CACHE_NAMES = {AttentionType.GLOBAL: ("k", "v"), AttentionType.LOCAL_SLIDING: ("
 
 
 def _cache_update(cache, kind, kk, vv, layer, write, num_keys, dt):
-  """Writes one layer's new keys/values [B, T, K, H] into the cache; returns what it attends to.
+  """Writes one layer's new keys/values [B, T, K, H] into the cache; returns the keys and values
+  it attends to, [B, K, H, S] each, and the new cache.
 
-  The new entries go straight into the stacked cache of all layers of ``kind`` (``layer`` indexes
-  that stack), then are read back: updating a per-layer slice and stacking it back makes XLA copy
-  the whole cache (several times) at every decode step. Global layers write at cache index
-  ``write['index']`` on; local layers at ``write['local_slots']`` (position mod window, per row).
-  Once local layers' cache is a ring shorter than the cache (``num_keys``, the local mask's key
-  count, then exceeds it), new tokens may overwrite keys that earlier queries of this call still
-  see, so they attend to the ring as it was followed by the new tokens.
+  Each buffer is [n, B, K, H, S] (see ``init_cache``): the stack of all layers of ``kind``
+  (``layer`` indexes it) or, in a tuple, the one buffer of layer ``layer``. The new entries are
+  written in place and read back: updating a slice and stacking it back makes XLA copy the whole
+  cache at every decode step. Global layers write at cache index ``write['index']`` on; local
+  layers at ``write['local_slots']`` (position mod window, per row). Once local layers' cache is
+  a ring shorter than the cache (``num_keys``, the local mask's key count, then exceeds it), new
+  tokens may overwrite keys that earlier queries of this call still see, so they attend to the
+  ring as it was followed by the new tokens.
   """
   names = CACHE_NAMES[kind]
-  new = {}
+  stacked = not isinstance(cache[names[0]], tuple)
+  at = layer if stacked else 0
+  new, read = {}, []
   for name, x in zip(names, (kk, vv)):
+    buf = cache[name] if stacked else cache[name][layer]
+    xt = x.transpose(0, 2, 3, 1)  # [B, K, H, T]
     if kind == AttentionType.GLOBAL:
-      new[name] = jax.lax.dynamic_update_slice(cache[name], x[None].astype(cache[name].dtype),
-                                               (layer, 0, write["index"], 0, 0))
+      upd = jax.lax.dynamic_update_slice(buf, xt[None].astype(buf.dtype),
+                                         (at, 0, 0, 0, write["index"]))
     else:
+      # Row and slot index pairs [B, T] around the head axes: the update is [B, T, K, H].
       rows = jnp.arange(x.shape[0])[:, None]
-      new[name] = cache[name].at[layer, rows, write["local_slots"]].set(
-          x.astype(cache[name].dtype), mode="drop")
-  ring = kind == AttentionType.LOCAL_SLIDING and num_keys != cache[names[0]].shape[2]
-  read = []
-  for name, x in zip(names, (kk, vv)):
-    stored = jax.lax.dynamic_index_in_dim((cache if ring else new)[name], layer, keepdims=False)
-    read.append(jnp.concatenate([stored.astype(dt), x], axis=1) if ring else stored.astype(dt))
+      upd = buf.at[at, rows, :, :, write["local_slots"]].set(x.astype(buf.dtype), mode="drop")
+    ring = kind == AttentionType.LOCAL_SLIDING and num_keys != buf.shape[-1]
+    stored = jax.lax.dynamic_index_in_dim(buf if ring else upd, at, keepdims=False).astype(dt)
+    read.append(jnp.concatenate([stored, xt], axis=-1) if ring else stored)
+    new[name] = upd if stacked else cache[name][:layer] + (upd,) + cache[name][layer + 1:]
   return read[0], read[1], {**cache, **new}
 
 
@@ -183,10 +260,12 @@ class MLP(nn.Module):
                 (2, cfg.hidden_dim, cfg.embed_dim), ("stack", "hidden", "embed"), cfg)
     wl = _param(self, "linear", nn.initializers.normal(stddev=cfg.hidden_dim ** -0.5),
                 (cfg.hidden_dim, cfg.embed_dim), ("hidden", "embed"), cfg)
-    gate, up = jnp.einsum("BTD,CFD->CBTF", x, wg.astype(dt))
+    # Two einsums rather than one "CBTF" output: see the k/v projections in Attention.
+    gate = dense("BTD,FD->BTF", x, wg[0].astype(dt))
+    up = dense("BTD,FD->BTF", x, wg[1].astype(dt))
     hid = jax.nn.gelu(gate, approximate=True) * up
     hid = sharding.constrain(hid, ("batch", "length", "act_hidden"))
-    return jnp.einsum("BTF,FD->BTD", hid, wl.astype(dt))
+    return dense("BTF,FD->BTD", hid, wl.astype(dt))
 
 
 class Block(nn.Module):
@@ -258,7 +337,8 @@ class Transformer(nn.Module):
   with a cache (from ``init_cache``) the T new keys are written at slots ``cache['end']`` onward
   and queries attend to every filled slot at an earlier or equal position.
   Returns (logits float32 [B, T, V], new cache or None), plus the final hidden states
-  [B, T, D] when ``return_hidden``.
+  [B, T, D] when ``return_hidden``. ``hidden_states`` stops before the unembedding, for callers
+  that need the logits of a few positions only (``genrm_jax.logits``).
   """
 
   cfg: ModelConfig
@@ -285,12 +365,18 @@ class Transformer(nn.Module):
     return sharding.constrain(x, ("batch", "length", "act_embed"))
 
   def unembed(self, hidden):
-    logits = jnp.einsum("BTD,VD->BTV", hidden, self.embedder.input_embedding.astype(hidden.dtype))
-    logits = soft_cap(logits.astype(jnp.float32), self.cfg.final_logit_soft_cap)
-    return sharding.constrain(logits, ("batch", "length", "act_vocab"))
+    return unembed(self.cfg, self.embedder.input_embedding, hidden)
 
   def __call__(self, tokens, positions, segment_ids=None, cache: Cache | None = None,
                return_hidden: bool = False):
+    hidden, new_cache = self.hidden_states(tokens, positions, segment_ids, cache)
+    logits = self.unembed(hidden)
+    if return_hidden:
+      return logits, new_cache, hidden
+    return logits, new_cache
+
+  def hidden_states(self, tokens, positions, segment_ids=None, cache: Cache | None = None):
+    """(final-norm hidden states [B, T, D], new cache or None): ``__call__`` without logits."""
     cfg = self.cfg
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
@@ -316,16 +402,19 @@ class Transformer(nn.Module):
     for i, block in enumerate(self.blocks, start=first):
       x, kv = block(x, positions, masks, kv, _stack_index(cfg, i), write)
 
-    hidden = self.final_norm(x)
-    logits = self.unembed(hidden)
     new_cache = None
     if cache is not None:
       new_cache = dict(kv, pos=k_pos, end=cache["end"] + tokens.shape[1])
       if "pos_local" in cache:
         new_cache["pos_local"] = pos_local
-    if return_hidden:
-      return logits, new_cache, hidden
-    return logits, new_cache
+    return self.final_norm(x), new_cache
+
+
+def unembed(cfg: ModelConfig, embedding: jax.Array, hidden: jax.Array) -> jax.Array:
+  """float32 logits [B, T, V] of hidden states [B, T, D] through the tied embedding [V, D]."""
+  logits = dense("BTD,VD->BTV", hidden, embedding.astype(hidden.dtype))
+  logits = soft_cap(logits.astype(jnp.float32), cfg.final_logit_soft_cap)
+  return sharding.constrain(logits, ("batch", "length", "act_vocab"))
 
 
 def attention_masks(cfg: ModelConfig, q_pos, q_seg, k_pos, k_valid, k_seg, local_k_pos=None):
@@ -373,16 +462,25 @@ def _local_slots(cfg: ModelConfig, length: int) -> int:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
-  """An empty KV cache for ``length`` tokens per sequence, the layers of each kind stacked on
-  axis 0; local layers get at most ``sliding_window_size`` slots."""
+  """An empty KV cache for ``length`` tokens per sequence; local layers get at most
+  ``sliding_window_size`` slots.
+
+  Keys and values are [n, B, K, H, S] buffers: with ``scan_layers`` all layers of a kind in one
+  (n = their count), which the scan carries; else a tuple of one buffer (n = 1) per layer, since
+  reading one layer out of a stacked buffer copies that layer's whole cache at every decode step
+  (with the transposes the [B, S, K, H] layout cost, 60% of a long-prompt decode, measured).
+  """
   dt = _dtype(dtype or cfg.dtype)
   cache = {"pos": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
   kinds = cfg.layer_attention_types
   for kind, names in CACHE_NAMES.items():
     if kind in kinds:
       slots = length if kind == AttentionType.GLOBAL else _local_slots(cfg, length)
-      shape = (kinds.count(kind), batch, slots, cfg.num_kv_heads, cfg.head_dim)
-      cache.update({name: jnp.zeros(shape, dt) for name in names})
+      shape = (batch, cfg.num_kv_heads, cfg.head_dim, slots)
+      n = kinds.count(kind)
+      buf = (jnp.zeros((n, *shape), dt) if cfg.scan_layers
+             else tuple(jnp.zeros((1, *shape), dt) for _ in range(n)))
+      cache.update({name: buf for name in names})
   if AttentionType.LOCAL_SLIDING in kinds:
     cache["pos_local"] = jnp.full((batch, _local_slots(cfg, length)), -1, jnp.int32)
   return cache
@@ -390,7 +488,8 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: str | None = No
 
 def cache_rows(cache: Cache, parent: jax.Array) -> Cache:
   """Rows ``parent`` (repeats allowed) of every cache array: row i becomes that of parent[i]."""
-  return {name: x if name == "end" else jnp.take(x, parent, axis=CACHE_LOGICAL[name].index("batch"))
+  return {name: x if name == "end" else jax.tree.map(
+      lambda a, name=name: jnp.take(a, parent, axis=CACHE_LOGICAL[name].index("batch")), x)
           for name, x in cache.items()}
 
 
@@ -404,21 +503,25 @@ def grow_cache(cfg: ModelConfig, cache: Cache, n: int) -> Cache:
       continue
     axis = CACHE_LOGICAL[name].index("kv_length")
     target = length if name in ("k", "v", "pos") else _local_slots(cfg, length)
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (0, target - x.shape[axis])
-    out[name] = jnp.pad(x, pad, constant_values=-1 if name.startswith("pos") else 0)
+
+    def grow(a, axis=axis, target=target, name=name):
+      pad = [(0, 0)] * a.ndim
+      pad[axis] = (0, target - a.shape[axis])
+      return jnp.pad(a, pad, constant_values=-1 if name.startswith("pos") else 0)
+
+    out[name] = jax.tree.map(grow, x)
   return out
 
 
-_KV_LOGICAL = ("layers", "batch", "kv_length", "act_kv_heads", None)
+_KV_LOGICAL = ("layers", "batch", "act_kv_heads", None, "kv_length")
 CACHE_LOGICAL = {"k": _KV_LOGICAL, "v": _KV_LOGICAL, "k_local": _KV_LOGICAL,
                  "v_local": _KV_LOGICAL, "pos": ("batch", "kv_length"),
                  "pos_local": ("batch", "kv_length"), "end": ()}
 
 
 def cache_shardings(cache_or_shapes: Cache, mesh) -> dict[str, Any]:
-  return {k: sharding.logical_sharding(CACHE_LOGICAL[k], v.shape, mesh)
-          for k, v in cache_or_shapes.items()}
+  return {k: jax.tree.map(lambda a, k=k: sharding.logical_sharding(CACHE_LOGICAL[k], a.shape, mesh),
+                          v) for k, v in cache_or_shapes.items()}
 
 
 # ----------------------------------------------------------------------------- parameters

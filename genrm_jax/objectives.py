@@ -11,7 +11,9 @@
   log pi(y | x) of the solution, without the reference term (the paper found it better).
 
 Each loss returns sums (loss, normaliser, accuracy hits, accuracy count) rather than means, so
-gradient accumulation over micro-batches reproduces the full-batch gradient exactly.
+gradient accumulation over micro-batches reproduces the full-batch gradient exactly. No loss
+holds the [B, T, V] float32 logits at once: ``lm`` and ``dpo`` unembed in chunks of positions
+(``genrm_jax.logits``), ``disc`` never unembeds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from genrm_jax import logits as logits_lib
 from genrm_jax import model as model_lib
 from genrm_jax.config import ModelConfig
 
@@ -48,12 +51,16 @@ class ObjectiveConfig:
   # A direct verification record has one verdict among its target tokens, and the SFT records
   # mixed in (lambda) are all solution tokens: at 1, verdicts were 6% of the loss in the tiny run.
   verdict_weight: float = 1.0
+  # Positions unembedded at a time by the lm and dpo losses; 0: ``logits.default_chunk``.
+  logits_chunk: int = 0
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"ObjectiveConfig.kind={self.kind!r}; expected one of {KINDS}")
     if self.verdict_weight <= 0:
       raise ValueError(f"ObjectiveConfig.verdict_weight={self.verdict_weight}; must be > 0")
+    if self.logits_chunk < 0:
+      raise ValueError(f"ObjectiveConfig.logits_chunk={self.logits_chunk}; must be >= 0")
 
 
 class Terms(NamedTuple):
@@ -99,16 +106,9 @@ def init_head(cfg: ModelConfig) -> dict[str, jax.Array]:
 # ----------------------------------------------------------------------------- scores
 
 
-def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """log p(target) per position [B, T], without materialising a [B, T, V] log-softmax."""
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return picked - lse
-
-
-def sequence_logprob(logits, targets, weights) -> jax.Array:
-  """log pi(y | x) [B]: the DPO verifier's score, summed over target tokens."""
-  return jnp.einsum("BT,BT->B", token_logprobs(logits, targets), weights.astype(jnp.float32))
+def sequence_logprob(token_logprob: jax.Array, weights: jax.Array) -> jax.Array:
+  """log pi(y | x) [B]: the DPO verifier's score, token log-probs [B, T] summed over targets."""
+  return jnp.einsum("BT,BT->B", token_logprob, weights.astype(jnp.float32))
 
 
 def yes_probability(logits_at_verdict: jax.Array, yes_id: int) -> jax.Array:
@@ -126,23 +126,34 @@ def disc_score(hidden: jax.Array, head: dict[str, jax.Array], score_index: jax.A
 # ----------------------------------------------------------------------------- losses
 
 
-def _lm_terms(cfg: ModelConfig, verdict_weight: float, params, batch, ref_params) -> Terms:
+def _hidden(cfg: ModelConfig, model_params, inputs, positions, segment_ids) -> jax.Array:
+  hidden, _ = model_lib.Transformer(cfg).apply(
+      {"params": model_params}, inputs, positions, segment_ids,
+      method=model_lib.Transformer.hidden_states)
+  return hidden
+
+
+def _token_stats(cfg: ModelConfig, chunk: int, model_params, batch) -> logits_lib.TokenStats:
+  hidden = _hidden(cfg, model_params, batch["inputs"], batch["positions"], batch["segment_ids"])
+  return logits_lib.token_stats(cfg, model_params["embedder"]["input_embedding"], hidden,
+                                batch["targets"], chunk)
+
+
+def _lm_terms(cfg: ModelConfig, verdict_weight: float, chunk: int, params, batch,
+              ref_params) -> Terms:
   del ref_params
-  logits, _ = model_lib.Transformer(cfg).apply(
-      {"params": params["model"]}, batch["inputs"], batch["positions"], batch["segment_ids"])
-  nll = -token_logprobs(logits, batch["targets"])
+  stats = _token_stats(cfg, chunk, params["model"], batch)
   verdict = batch["verdict_weights"].astype(jnp.float32)
   weights = batch["loss_weights"].astype(jnp.float32) * (1.0 + (verdict_weight - 1.0) * verdict)
-  hit = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
-  return Terms(jnp.sum(nll * weights), jnp.sum(weights), jnp.sum(hit * verdict),
+  hit = (stats.argmax == batch["targets"]).astype(jnp.float32)
+  return Terms(-jnp.sum(stats.logprob * weights), jnp.sum(weights), jnp.sum(hit * verdict),
                jnp.sum(verdict))
 
 
 def _disc_terms(cfg: ModelConfig, z_loss: float, params, batch, ref_params) -> Terms:
   del ref_params
-  _, _, hidden = model_lib.Transformer(cfg).apply(
-      {"params": params["model"]}, batch["inputs"], batch["positions"], batch["segment_ids"],
-      return_hidden=True)
+  hidden = _hidden(cfg, params["model"], batch["inputs"], batch["positions"],
+                   batch["segment_ids"])
   score = disc_score(hidden, params["head"], batch["score_index"])
   labels = batch["labels"].astype(jnp.float32)
   loss = optax.sigmoid_binary_cross_entropy(score, labels)
@@ -152,19 +163,19 @@ def _disc_terms(cfg: ModelConfig, z_loss: float, params, batch, ref_params) -> T
   return Terms(jnp.sum(loss), n, jnp.sum(hit), n)
 
 
-def _pair_logprobs(cfg: ModelConfig, model_params, batch) -> tuple[jax.Array, jax.Array]:
+def _pair_logprobs(cfg: ModelConfig, chunk: int, model_params, batch
+                   ) -> tuple[jax.Array, jax.Array]:
   """log pi of the chosen and rejected solutions [B] each, in one forward over 2B rows."""
   cat = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])
          for k in _LM_FIELDS}
-  logits, _ = model_lib.Transformer(cfg).apply(
-      {"params": model_params}, cat["inputs"], cat["positions"], cat["segment_ids"])
-  logp = sequence_logprob(logits, cat["targets"], cat["loss_weights"])
-  return jnp.split(logp, 2)
+  stats = _token_stats(cfg, chunk, model_params, cat)
+  return jnp.split(sequence_logprob(stats.logprob, cat["loss_weights"]), 2)
 
 
-def _dpo_terms(cfg: ModelConfig, beta: float, params, batch, ref_params) -> Terms:
-  chosen, rejected = _pair_logprobs(cfg, params["model"], batch)
-  ref_chosen, ref_rejected = jax.lax.stop_gradient(_pair_logprobs(cfg, ref_params, batch))
+def _dpo_terms(cfg: ModelConfig, beta: float, chunk: int, params, batch, ref_params) -> Terms:
+  chosen, rejected = _pair_logprobs(cfg, chunk, params["model"], batch)
+  ref_chosen, ref_rejected = jax.lax.stop_gradient(
+      _pair_logprobs(cfg, chunk, ref_params, batch))
   margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
   n = jnp.asarray(margin.shape[0], jnp.float32)
   return Terms(-jnp.sum(jax.nn.log_sigmoid(margin)), n,
@@ -175,10 +186,10 @@ def loss_terms_fn(obj: ObjectiveConfig, cfg: ModelConfig
                   ) -> Callable[[Any, dict, Any], Terms]:
   """``f(params, batch, ref_params) -> Terms`` for the objective; params = {"model", "head"?}."""
   if obj.kind == "lm":
-    return lambda p, b, r: _lm_terms(cfg, obj.verdict_weight, p, b, r)
+    return lambda p, b, r: _lm_terms(cfg, obj.verdict_weight, obj.logits_chunk, p, b, r)
   if obj.kind == "disc":
     return lambda p, b, r: _disc_terms(cfg, obj.disc_z_loss, p, b, r)
-  return lambda p, b, r: _dpo_terms(cfg, obj.dpo_beta, p, b, r)
+  return lambda p, b, r: _dpo_terms(cfg, obj.dpo_beta, obj.logits_chunk, p, b, r)
 
 
 def flops_per_example(obj: ObjectiveConfig, cfg: ModelConfig, seq_len: int) -> float:

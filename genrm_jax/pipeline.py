@@ -19,6 +19,8 @@ files from ``gin_configs/pipeline/`` and this module's settings (a training stag
                                initialised from the policy, as the paper fine-tunes its base LM)
   g. ``eval/``                 ``genrm_jax.eval``: Best-of-N table, diagnostics, results.json,
                                best_of_n.png, accuracy_vs_tokens.png, reliability.png
+  h, i. ``eval_<L>_words/``    with ``longer_test_length`` L: the same on a second test pool of
+                               L-word problems, longer than any verifier's training problem
 
 A stage whose output exists is skipped, so an interrupted pipeline resumes where it stopped (the
 trainer itself resumes from its checkpoints). Same seed, same table.
@@ -94,6 +96,9 @@ class PipelineConfig:
   # reached pass@1 of 11% and 1% at 6 words, but 19% and 12% at 5. Test problems are held out
   # at any length.
   test_length: int = 5
+  # A second test pool (0: none) of problems longer than any verifier saw: the paper's split
+  # (train on 2-4 words, test last letters at 6), evaluated into eval_<L>_words/.
+  longer_test_length: int = 0
   num_samples: int = 16
   temperature: float = 0.7
   # Verifier training data: train_samples samples of train_problems_per_length training problems
@@ -194,15 +199,27 @@ class Runner:
     exp, config = self.experiment(*args, **kwargs)
     return train.launch(exp, workdir, config)
 
-  def sample(self, split: str, problems: int, samples: int, out: str) -> None:
+  def sample(self, split: str, problems: int, samples: int, out: str,
+             test_length: int | None = None) -> None:
     pc = self.pc
     gc = policy_samples.GenerateConfig(
         checkpoint=self.path("policy", "model"), task=pc.task, split=split, num_problems=problems,
         num_samples=samples, seed=pc.seed, out=out,
-        **({"test_length": pc.test_length} if split == "test" else
+        **({"test_length": test_length or pc.test_length} if split == "test" else
            {"lengths": tuple(pc.verifier_lengths)}))
     sc = sampler.SamplerConfig(temperature=pc.temperature, max_new_tokens=pc.max_solution_tokens)
     print(policy_samples.write(gc, sc), flush=True)
+
+  def evaluate(self, recipes: Sequence[VerifierRecipe], candidates: str, out: str) -> None:
+    pc = self.pc
+    ec = eval_lib.EvalConfig(
+        task=pc.task, candidates=candidates, out=out, cot_votes=pc.cot_votes, seed=pc.seed,
+        overwrite=True, verifiers=tuple(
+            f"{v.name}={self.path('verifiers', v.name, 'model')}:{v.method}" for v in recipes))
+    opts = scoring.ScoringConfig(rationale=sampler.SamplerConfig(
+        max_new_tokens=pc.max_rationale_tokens, temperature=pc.rationale_temperature,
+        stop_strings=(self.rationale_stop(),)))
+    eval_lib.run(ec, sampler.SamplerConfig(), scoring_opts=opts)
 
   def rationale_stop(self) -> str:
     """Where a sampled rationale stops: at the verdict question, which the scorer then feeds. With
@@ -267,15 +284,18 @@ class Runner:
                      init_from=f"genrm:{self.path('policy')}", objective=recipe.objective,
                      mixture=self.mixture()))
     eval_dir = self.path("eval")
-    ec = eval_lib.EvalConfig(
-        task=pc.task, candidates=test_cands, out=eval_dir, cot_votes=pc.cot_votes, seed=pc.seed,
-        overwrite=True, verifiers=tuple(
-            f"{v.name}={self.path('verifiers', v.name, 'model')}:{v.method}" for v in recipes))
-    opts = scoring.ScoringConfig(rationale=sampler.SamplerConfig(
-        max_new_tokens=pc.max_rationale_tokens, temperature=pc.rationale_temperature,
-        stop_strings=(self.rationale_stop(),)))
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
-               lambda: eval_lib.run(ec, sampler.SamplerConfig(), scoring_opts=opts) and 0)
+               lambda: self.evaluate(recipes, test_cands, eval_dir))
+    if pc.longer_test_length:
+      longer = pc.longer_test_length
+      longer_cands = self.path(f"test_candidates_{longer}_words.jsonl")
+      self.stage(f"h. sample test candidates of {longer} words", longer_cands,
+                 lambda: self.sample("test", pc.test_problems, pc.num_samples, longer_cands,
+                                     longer))
+      longer_dir = self.path(f"eval_{longer}_words")
+      self.stage(f"i. Best-of-N evaluation at {longer} words (the paper's split)",
+                 os.path.join(longer_dir, "results.json"),
+                 lambda: self.evaluate(recipes, longer_cands, longer_dir))
     with open(os.path.join(eval_dir, "results.json")) as f:
       results = json.load(f)
     files.write_atomic(self.path("timings.json"), json.dumps(self.timings, indent=2))

@@ -140,10 +140,13 @@ def analytic_activation_bytes(cfg, spec: PlanSpec, mesh: tuple[int, int, int]) -
   Per token and layer, in the compute dtype: remat "full" keeps the layer input (D); "dots" keeps
   the matmul outputs (q, k, v, attention out, gate, up, MLP out); "none" also keeps norms,
   the activation product and the fp32 attention probabilities. Tensor parallelism splits heads
-  and the MLP hidden. The [T, V] fp32 logits and their gradient are counted once.
+  and the MLP hidden. The fp32 logits and their gradient count for one chunk of positions per
+  row (``genrm_jax.logits``), all the loss holds at once.
   """
+  from genrm_jax import logits as logits_lib  # pylint: disable=g-import-not-at-top
   data, fsdp, tensor = mesh
   tokens = spec.batch // spec.grad_accum * spec.seq_len // (data * fsdp)
+  chunk = min(spec.seq_len, logits_lib.default_chunk(cfg))
   b = 2 if spec.dtype == "bfloat16" else 4
   d, f, h = cfg.embed_dim, cfg.hidden_dim, cfg.head_dim
   n, k = cfg.num_heads, cfg.num_kv_heads
@@ -156,7 +159,7 @@ def analytic_activation_bytes(cfg, spec: PlanSpec, mesh: tuple[int, int, int]) -
   else:
     attn_probs = 2 * 4 * n * spec.seq_len / tensor
     per_layer = b * (6 * d + qkvo + 3 * f / tensor) + attn_probs
-  logits = 2 * 4 * cfg.vocab_size / tensor
+  logits = 2 * 4 * cfg.vocab_size / tensor * chunk / spec.seq_len
   return int(tokens * (cfg.num_layers * per_layer + logits))
 
 
@@ -394,7 +397,21 @@ def _plan(argv: Sequence[str] | None) -> int:
           f"{HBM_BUDGET:.0%} of HBM with the least recomputation, then the fewest micro-batches"
           if chosen else
           "\nnothing fits: raise --grad_accum, use remat full, or a larger slice")
+    if chosen and chosen.spec.grad_accum > 1:
+      print(one_micro_batch(plans, chosen))
   return 0 if plans else 1
+
+
+def one_micro_batch(plans: Sequence[Plan], chosen: Plan) -> str:
+  """Whether any searched plan fits the whole batch in one micro-batch, and with which remat."""
+  single = [p for p in plans if p.fits and p.spec.grad_accum == 1]
+  if not single:
+    return "no remat policy fits the batch in one micro-batch"
+  p = min(single, key=lambda p: RECOMPUTE[p.spec.remat])
+  return (f"one micro-batch fits with remat {p.spec.remat} ({p.compiled_total_bytes / GiB:.2f} "
+          f"of {p.hbm_bytes / GiB:.0f} GiB per chip), at "
+          f"{RECOMPUTE[p.spec.remat] / RECOMPUTE[chosen.spec.remat]:.2f}x the chosen plan's "
+          "matmul work")
 
 
 if __name__ == "__main__":

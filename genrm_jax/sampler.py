@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genrm_jax import logits as logits_lib
 from genrm_jax import model as model_lib
 from genrm_jax import sharding
 from genrm_jax.config import ModelConfig
@@ -196,23 +197,22 @@ def _extend(params, cache, parent, tokens, positions, segment_ids, last_index, r
     # The cache is always exactly full up to ``end`` before a write.
     cache = _constrain_cache(
         model_lib.grow_cache(cfg, model_lib.cache_rows(cache, parent), tokens.shape[1]), mesh)
-    transformer = model_lib.Transformer(cfg)
-    # The [M, T, V] logits of the forward are unused (XLA drops them): only the rows' last
-    # positions are unembedded, which matters with Gemma's 256k vocabulary.
-    _, cache, hidden = transformer.apply(
-        {"params": params}, tokens, positions, segment_ids, cache=cache, return_hidden=True)
+    # Only the rows' last positions are unembedded (with Gemma's 256K vocabulary, the [M, T, V]
+    # logits of a long block would dwarf everything else).
+    hidden, cache = model_lib.Transformer(cfg).apply(
+        {"params": params}, tokens, positions, segment_ids, cache=cache,
+        method=model_lib.Transformer.hidden_states)
     cache = _constrain_cache(cache, mesh)
-    unembed = lambda h: transformer.apply({"params": params}, h,  # noqa: E731
-                                          method=model_lib.Transformer.unembed)
-    last_hidden = hidden[jnp.arange(tokens.shape[0]), last_index]  # [M, D]
-    last_logits = unembed(last_hidden[:, None])[:, 0]  # [M, V]
+    embedding = params["embedder"]["input_embedding"]
+    last_hidden = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)  # [M, 1, D]
+    last_logits = model_lib.unembed(cfg, embedding, last_hidden)[:, 0]  # [M, V]
     out = {"last_logits": last_logits,
            "read_logprobs": jnp.take(jax.nn.log_softmax(last_logits), read_ids, axis=-1),
-           "last_hidden": last_hidden.astype(jnp.float32)}
+           "last_hidden": last_hidden[:, 0].astype(jnp.float32)}
     if token_logprobs:
       # log p(tokens[:, t+1] | ..., tokens[:, t]) for t < T-1.
-      lp = jax.nn.log_softmax(unembed(hidden[:, :-1]))
-      out["token_logprobs"] = jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
+      out["token_logprobs"] = logits_lib.token_stats(cfg, embedding, hidden[:, :-1],
+                                                     tokens[:, 1:]).logprob
     return cache, out
 
 
@@ -277,7 +277,7 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_re
 
     tok, lp = _pick(logits0, _step_key(rng, 0), spec)
     tokens = jnp.zeros((b, n), jnp.int32).at[:, 0].set(tok)
-    state = {"cache": cache, "tokens": tokens,
+    state = {"cache": cache, "tokens": tokens, "last_logits": logits0,
              "logprobs": jnp.zeros((b, n), jnp.float32).at[:, 0].set(lp),
              "num": jnp.ones((b,), jnp.int32),
              # Bucket padding rows start done, so they never keep the loop running.
@@ -290,20 +290,37 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_re
     def body(s):
       step = s["step"]
       prev = jax.lax.dynamic_slice_in_dim(s["tokens"], step - 1, 1, axis=1)
-      logits, c = transformer.apply({"params": params}, prev, (pos0 + step - 1)[:, None],
-                                    jnp.ones_like(prev), cache=s["cache"])
+      # A stopped row's feed is padding (segment 0): its keys are written with position -1,
+      # never attended, and leave local layers' ring slots alone, so the cache stays a prefix
+      # of the row's tokens (``return_prefix``).
+      live = (~s["done"]).astype(jnp.int32)[:, None]
+      logits, c = transformer.apply({"params": params}, prev, (pos0 + step - 1)[:, None], live,
+                                    cache=s["cache"])
       tok, lp = _pick(logits[:, 0], _step_key(rng, step), spec)
+      last_logits = jnp.where(s["done"][:, None], s["last_logits"], logits[:, 0])
       tok = jnp.where(s["done"], 0, tok)
       lp = jnp.where(s["done"], 0.0, lp)
       tokens = jax.lax.dynamic_update_slice_in_dim(s["tokens"], tok[:, None], step, axis=1)
       logprobs = jax.lax.dynamic_update_slice_in_dim(s["logprobs"], lp[:, None], step, axis=1)
-      return {"cache": _constrain_cache(c, mesh), "tokens": tokens, "logprobs": logprobs,
+      return {"cache": _constrain_cache(c, mesh), "tokens": tokens, "last_logits": last_logits,
+              "logprobs": logprobs,
               "num": jnp.where(s["done"], s["num"], step + 1),
               "done": s["done"] | _stopped(tokens, step, spec), "step": step + 1}
 
     s = jax.lax.while_loop(cond, body, state)
-    return {"tokens": s["tokens"], "logprobs": s["logprobs"], "num": s["num"],
-            "done": s["done"]}
+    # The cache holds each row's sampled tokens but its last (never fed back), and last_logits
+    # follow the last fed token: a Prefix over the prompts and their completions.
+    return s["cache"], {"tokens": s["tokens"], "logprobs": s["logprobs"], "num": s["num"],
+                        "done": s["done"], "last_logits": s["last_logits"],
+                        "next_pos": pos0 + s["num"] - 1}
+
+
+@jax.jit
+def _rewind(cache, next_pos, drop):
+  keep = (next_pos - drop)[:, None]
+  forget = {name: jnp.where(cache[name] >= keep, -1, cache[name])
+            for name in ("pos", "pos_local") if name in cache}
+  return dict(cache, **forget)
 
 
 # ----------------------------------------------------------------------------- host-side API
@@ -313,7 +330,8 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_re
 class Prefix:
   """A cache over ``num_rows`` real rows (plus bucket padding rows) and each row's next input."""
   cache: dict[str, jax.Array]
-  last_logits: jax.Array  # [rows, V] logits after each row's last token
+  # [rows, V] logits after each row's last token; None after ``rewind`` (extend, then decode).
+  last_logits: jax.Array | None
   next_pos: np.ndarray  # [rows] position of each row's next token
   num_rows: int
 
@@ -388,17 +406,23 @@ class Completion:
 
 def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], codec: Codec,
            sampler_cfg: SamplerConfig, seed: int, mesh=None,
-           row_seeds: Sequence[int] | None = None) -> list[Completion]:
+           row_seeds: Sequence[int] | None = None, return_prefix: bool = False):
   """Samples one completion per entry of ``parent`` (a row of ``prefix``; repeats share it).
 
   With ``row_seeds`` (one 32-bit integer per entry), row i draws its tokens from
   ``fold_in(key(seed), row_seeds[i])`` alone: its sample no longer depends on which other rows
   share the batch or on its position there (the scorers rely on this to give an item the same
   rationales however it is batched). Without them, one key drives the whole batch.
+
+  Returns the completions or, with ``return_prefix``, also the Prefix of the sampled rows: row i
+  holds its parent's tokens and every token of completion i but the last (the one that stopped
+  it, never fed back), so that scoring a completion extends this cache instead of recomputing it.
   """
   if not parent or max(parent) >= prefix.num_rows:
     raise ValueError(f"decode: parents {min(parent, default=None)}..{max(parent, default=None)}"
                      f" outside the {prefix.num_rows} rows of the prefix")
+  if prefix.last_logits is None:
+    raise ValueError("decode: the prefix was rewound; extend it by at least one token first")
   if row_seeds is not None and len(row_seeds) != len(parent):
     raise ValueError(f"decode: {len(row_seeds)} row seeds for {len(parent)} rows")
   sc = sampler_cfg
@@ -414,9 +438,10 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
     seeds = np.zeros((rows,), np.uint32)
     seeds[:len(parent)] = row_seeds
     seeds = _put_rows(seeds, mesh)
-  out = _decode(params, prefix.cache, _put_rows(par, mesh), prefix.last_logits,
-                jnp.asarray(prefix.next_pos), jax.random.key(seed), seeds, len(parent), cfg=cfg,
-                mesh=mesh, spec=spec)
+  cache, out = _decode(params, prefix.cache, _put_rows(par, mesh), prefix.last_logits,
+                       jnp.asarray(prefix.next_pos), jax.random.key(seed), seeds, len(parent),
+                       cfg=cfg, mesh=mesh, spec=spec)
+  last_logits = out.pop("last_logits")
   out = jax.device_get(out)
   result = []
   for i in range(len(parent)):
@@ -430,7 +455,41 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
       text, stopped = text[:min(cuts)], True
     result.append(Completion(text, ids, out["logprobs"][i, :n].tolist(),
                              "stop" if stopped else "length"))
+  if return_prefix:
+    return result, Prefix(cache, last_logits, out["next_pos"], len(parent))
   return result
+
+
+def rewind(prefix: Prefix, drop: Sequence[int]) -> Prefix:
+  """Forgets the last ``drop[i]`` tokens of each row i (e.g. sampled tokens that a text cut
+  removed); their slots stay but are never attended again. The rewound rows' logits are unknown
+  until an ``extend``. See ``can_rewind`` for local layers' ring caches."""
+  d = _drops(prefix, drop)
+  if not can_rewind(prefix, d):
+    raise ValueError(f"rewind: drops {list(drop)} reach keys that local layers' ring cache "
+                     "has overwritten")
+  cache = _rewind(prefix.cache, jnp.asarray(prefix.next_pos), jnp.asarray(d))
+  return Prefix(cache, None, prefix.next_pos - d, prefix.num_rows)
+
+
+def can_rewind(prefix: Prefix, drop: Sequence[int]) -> bool:
+  """Whether ``rewind(prefix, drop)`` is exact. A local layer's ring slot holds the latest of
+  the positions congruent modulo its length: forgetting token p > 0 positions after the row's
+  new end brings back queries that need position p - window, which p overwrote once p >= window
+  (the first forgotten token's predecessor there is out of every new query's window)."""
+  d = _drops(prefix, drop)
+  if "pos_local" not in prefix.cache:
+    return True
+  ring = prefix.cache["pos_local"].shape[1]
+  return not np.any((d >= 2) & (prefix.next_pos - 1 >= ring))
+
+
+def _drops(prefix: Prefix, drop: Sequence[int]) -> np.ndarray:
+  d = np.zeros(len(prefix.next_pos), np.int32)
+  d[:len(drop)] = drop
+  if np.any(d < 0) or np.any(d > prefix.next_pos):
+    raise ValueError(f"rewind: drops {list(drop)} outside 0..the row's length")
+  return d
 
 
 def sample(cfg: ModelConfig, params, vocab: Any, prompts: Sequence[str],

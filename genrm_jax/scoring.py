@@ -12,8 +12,9 @@
 Sequences are tokenized as the training pipeline builds them (``[BOS] + encode(inputs) +
 encode(target)``). Work is shared through the KV cache (``sampler.extend``): within a chunk, the
 longest common token prefix of one question's sequences (instruction + question) is prefilled once
-and extended per solution; the K rationales of a solution are sampled from, and scored on, that
-solution's cache. ``share_prefix=False`` computes every row from scratch (same numbers).
+and extended per solution; the K rationales of a solution are sampled from that solution's cache,
+and each is scored by extending its own decode cache with the verdict question.
+``share_prefix=False`` computes every prompt from scratch (same numbers).
 
 An item's score depends only on the model, the item and (CoT) the seed, never on the other items
 scored with it: rationale k of a prompt draws from a key derived from (seed, prompt, k), not from
@@ -162,13 +163,26 @@ def _cot(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConfig, seed: i
       prefix, _, _ = _prefill(cfg, params, sub, None, None, share=False, read_ids=yes_no,
                               mesh=mesh)
       parent = list(range(len(sub)))
-    comps = sampler.decode(cfg, params, prefix, parent, codec, opts.rationale, seed=seed,
-                           mesh=mesh, row_seeds=[_row_seed(prompts[i], j) for i in chunk
-                                                 for j in range(k)])
+    comps, sampled = sampler.decode(
+        cfg, params, prefix, parent, codec, opts.rationale, seed=seed, mesh=mesh,
+        row_seeds=[_row_seed(prompts[i], j) for i in chunk for j in range(k)],
+        return_prefix=True)
     rationale = [formats.ensure_verdict_question(x.text) for x in comps]
     blocks = [codec.encode(r) for r in rationale]
     tokens += sum(map(len, blocks))
-    _, out = sampler.extend(cfg, params, prefix, parent, blocks, read_ids=yes_no, mesh=mesh)
+    # p(Yes) is read after the rationale's own tokenization. The decode cache already holds
+    # the sampled tokens; the longest prefix that agrees with it is kept (at least the last
+    # token is fed again, for its logits) and only the rest (the verdict question, and
+    # whatever the text cut or re-tokenization changed) is extended. A local-layer ring cache
+    # that cannot forget the rest exactly falls back to extending the prompts' cache.
+    keep = [min(_lcp([x.token_ids[:-1], b]), len(b) - 1) for x, b in zip(comps, blocks)]
+    drop = [len(x.token_ids) - 1 - n for x, n in zip(comps, keep)]
+    if sampler.can_rewind(sampled, drop):
+      _, out = sampler.extend(cfg, params, sampler.rewind(sampled, drop),
+                              list(range(len(comps))), [b[n:] for b, n in zip(blocks, keep)],
+                              read_ids=yes_no, mesh=mesh)
+    else:
+      _, out = sampler.extend(cfg, params, prefix, parent, blocks, read_ids=yes_no, mesh=mesh)
     p[chunk] = np.exp(out["read_logprobs"]).reshape(len(chunk), k, 2)
     generated[chunk] = np.array([len(x.token_ids) for x in comps]).reshape(len(chunk), k)
     for j, i in enumerate(chunk):

@@ -171,3 +171,12 @@ def make_train_step(setup: TrainSetup, grad_accum: int = 1) -> Callable:
   m_shard = {k: _replicated(mesh) for k in ("loss", "accuracy", "grad_norm", "lr")}
   return jax.jit(step, in_shardings=(setup.state_shardings, setup.batch_shardings),
                  out_shardings=(setup.state_shardings, m_shard), donate_argnums=(0,))
+
+
+def compiled_memory(setup: TrainSetup, batch_size: int, seq_len: int) -> tuple[int, int]:
+  """(temporary bytes, arguments + outputs not aliased + temporaries) per device of the train
+  step compiled for abstract inputs of that shape: XLA's peak without running anything."""
+  data = objectives.abstract_batch(setup.obj.kind, batch_size, seq_len, setup.batch_shardings)
+  mem = make_train_step(setup).lower(setup.abstract_state, data).compile().memory_analysis()
+  return mem.temp_size_in_bytes, (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                  - mem.alias_size_in_bytes + mem.temp_size_in_bytes)

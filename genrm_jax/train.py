@@ -292,22 +292,39 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
                       peak_flops=peak * mesh.size if peak else None,
                       main=distributed.is_main())
   history: list[dict[str, float]] = []
+
+  def settle(step: int, metrics: dict[str, jax.Array]) -> None:
+    """Fetches one step's metrics (the host waits for that step here) and checks its loss."""
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not np.isfinite(m["loss"]):
+      mngr.wait_until_finished()
+      good = mngr.latest_step()
+      where = (f"the last good checkpoint is step {good} in {mngr.directory}" if good is not None
+               else "no checkpoint was saved yet")
+      raise TrainingDivergedError(f"loss is {m['loss']} at step {step}; {where}")
+    history.append(m)
+    reporter.step(step, m)
+
   try:
     it = batches(exp, mesh, start, vocab_path) if start < tc.num_steps else iter(())
-    while int(state.step) < tc.num_steps and stop["signal"] is None:
+    # Metrics are fetched one step late: step s+1 is dispatched before the host waits for step
+    # s, so the device never idles on the host. The step counter is counted here, not read back.
+    pending: tuple[int, dict[str, jax.Array]] | None = None
+    step = start
+    while step < tc.num_steps and stop["signal"] is None:
       state, metrics = train_step(state, next(it))
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      step = int(state.step)
-      if not np.isfinite(m["loss"]):
-        mngr.wait_until_finished()
-        good = mngr.latest_step()
-        where = (f"the last good checkpoint is step {good} in {mngr.directory}" if good is not None
-                 else "no checkpoint was saved yet")
-        raise TrainingDivergedError(f"loss is {m['loss']} at step {step}; {where}")
-      history.append(m)
-      reporter.step(step, m)
+      step += 1
+      if pending is not None:
+        settle(*pending)
+      pending = (step, metrics)
       if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop["signal"] is not None:
+        # A checkpoint is written only once its own step's loss has been checked.
+        settle(*pending)
+        pending = None
         _save(mngr, state, exp, vocab_path)
+    if pending is not None:  # a signal came after this step's checkpoint test
+      settle(*pending)
+      _save(mngr, state, exp, vocab_path)
     mngr.wait_until_finished()
   finally:
     if in_main:

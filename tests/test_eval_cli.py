@@ -339,3 +339,34 @@ def test_eval_with_tiny_random_verifiers(tmp_path):
   got = [saved[pool.question_id, c["candidate_id"]]["gen"] for c in pool.candidates]
   np.testing.assert_allclose(got, want, rtol=1e-5)
   assert all(s["dpo"] < 0 for s in saved.values())
+
+
+def test_repeated_solutions_are_scored_once(monkeypatch):
+  """A pool's repeated (question, solution) texts reach the verifier once and share its outputs."""
+  from genrm_jax import scoring  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  class Fake:
+    def score(self, method, questions, solutions, opts, seed=0):
+      del method, opts, seed
+      seen.append(list(zip(questions, solutions)))
+      n, k = len(solutions), 2
+      votes = np.array([[len(s) + j for j in range(k)] for s in solutions], np.float64)
+      return scoring.ScoreResult(scores=votes.mean(1), rationale_scores=votes,
+                                 rationale_tokens=np.full((n, k), 3.0))
+
+  monkeypatch.setattr(scoring, "load_verifier", lambda *a, **kw: Fake())
+  sols = ["a: a\nThe answer is a.", "a: b\nThe answer is b.", "a: a\nThe answer is a."]
+  pools = [cands.Pool("q0", "a", "a", tuple({"candidate_id": i, "question": "a", "solution": s}
+                                            for i, s in enumerate(sols))),
+           cands.Pool("q1", "b", "b", ({"candidate_id": 0, "question": "b", "solution": sols[0]},))]
+  spec = eval_cli.VerifierArg("cot", "unused", "cot")
+  opts = scoring.ScoringConfig(instruction=task_rules.get_task("last_letters").instruction,
+                               num_rationales=2)
+  out = eval_cli.score_pools(spec, pools, eval_cli.EvalConfig(cot_votes=2), opts)
+  # Same solution under another question is another item; the repeat inside q0 is not.
+  assert seen == [[("a", sols[0]), ("a", sols[1]), ("b", sols[0])]]
+  want = np.array([[len(s) + j for j in range(2)] for s in sols + [sols[0]]], np.float64)
+  np.testing.assert_array_equal(out["votes"], want)
+  np.testing.assert_array_equal(out["score"], want.mean(1))
+  assert out["rationale_tokens"].shape == (4, 2)

@@ -32,26 +32,25 @@ def _forward(params, inputs, positions, segment_ids):
                                       return_hidden=True)
 
 
-def test_token_and_sequence_logprobs():
+def test_sequence_logprob_and_yes_probability():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(B, T, 7)).astype(np.float32)
-  targets = rng.integers(0, 7, size=(B, T))
+  token_lp = rng.normal(size=(B, T)).astype(np.float32)
   weights = (rng.random((B, T)) > 0.5).astype(np.float32)
-  want = np.take_along_axis(_log_softmax(logits), targets[..., None], -1)[..., 0]
-  np.testing.assert_allclose(objectives.token_logprobs(logits, targets), want, rtol=1e-5)
-  np.testing.assert_allclose(objectives.sequence_logprob(logits, targets, weights),
-                             (want * weights).sum(-1), rtol=1e-5)
+  np.testing.assert_allclose(objectives.sequence_logprob(token_lp, weights),
+                             (token_lp * weights).sum(-1), rtol=1e-5)
   p = np.exp(_log_softmax(logits[:, -1]))[:, 3]
   np.testing.assert_allclose(objectives.yes_probability(logits[:, -1], 3), p, rtol=1e-5)
 
 
-@pytest.mark.parametrize("verdict_weight", [1.0, 8.0])
-def test_lm_loss_and_verdict_accuracy(verdict_weight):
+# logits_chunk 5 unembeds 5 of the 12 positions at a time (then 2 padded): the chunked loss.
+@pytest.mark.parametrize("verdict_weight,chunk", [(1.0, 0), (8.0, 0), (8.0, 5)])
+def test_lm_loss_and_verdict_accuracy(verdict_weight, chunk):
   params = {"model": _params(1)}
   batch = synthetic.make_batch(0, batch_size=B, seq_len=T, objective="lm", vocab_size=24)
   batch["loss_weights"][1, :] = 0.0  # a row without targets must not count
   assert batch["verdict_weights"].sum() > 0
-  obj = objectives.ObjectiveConfig("lm", verdict_weight=verdict_weight)
+  obj = objectives.ObjectiveConfig("lm", verdict_weight=verdict_weight, logits_chunk=chunk)
   terms = jax.jit(objectives.loss_terms_fn(obj, CFG))(params, batch, None)
   logits, _, _ = _forward(params["model"], batch["inputs"], batch["positions"],
                           batch["segment_ids"])
@@ -85,11 +84,12 @@ def test_disc_loss_and_score(z_loss):
   assert float(terms.correct) == ((s > 0) == (y > 0.5)).sum()
 
 
-def test_dpo_loss_against_reference():
+@pytest.mark.parametrize("chunk", [0, 5])
+def test_dpo_loss_against_reference(chunk):
   params, ref = {"model": _params(3)}, _params(4)
   batch = synthetic.make_batch(2, batch_size=B, seq_len=T, objective="dpo", vocab_size=24)
-  terms = jax.jit(objectives.loss_terms_fn(objectives.ObjectiveConfig("dpo"), CFG))(
-      params, batch, ref)
+  obj = objectives.ObjectiveConfig("dpo", logits_chunk=chunk)
+  terms = jax.jit(objectives.loss_terms_fn(obj, CFG))(params, batch, ref)
 
   def logp(p, side):
     logits, _, _ = _forward(p, batch[f"{side}_inputs"], batch[f"{side}_positions"],
@@ -102,6 +102,25 @@ def test_dpo_loss_against_reference():
   want = np.mean(np.log1p(np.exp(-margin)))
   np.testing.assert_allclose(terms.loss / terms.weight, want, rtol=1e-4)
   assert float(terms.correct) == (margin > 0).sum()
+
+
+@pytest.mark.parametrize("kind", ["lm", "dpo"])
+def test_chunked_loss_equals_plain_in_value_and_gradient(kind):
+  """Every objective that unembeds: 5 positions a piece (then 2 padded) vs all 12 at once."""
+  params, ref = {"model": _params(6)}, _params(7)
+  batch = synthetic.make_batch(3, batch_size=B, seq_len=T, objective=kind, vocab_size=24)
+
+  def grad(chunk):
+    terms_fn = objectives.loss_terms_fn(
+        objectives.ObjectiveConfig(kind, verdict_weight=3.0, logits_chunk=chunk), CFG)
+    loss = lambda p: terms_fn(p, batch, ref).loss  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  # Chunk 0 is one piece at this vocabulary (``logits.default_chunk``), i.e. the plain loss.
+  (want, want_g), (got, got_g) = grad(0), grad(5)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), got_g, want_g)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_g)) > 1e-3
 
 
 def test_head_json_roundtrip_is_exact():

@@ -29,12 +29,14 @@ def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
   proc = _run(out)
   for stage in ("a.", "b.", "c.", "d.", "e. select the verifier data",
                 "f. train verifier discriminative", "f. train verifier genrm",
-                "f. train verifier genrm_cot", "g."):
+                "f. train verifier genrm_cot", "g.", "h. sample test candidates of 6 words",
+                "i. Best-of-N evaluation at 6 words"):
     assert f"== {stage}" in proc.stdout
 
   for path in ("vocab.model", "policy/model/genrm_model.json", "policy/config.gin",
                "verifier_data.jsonl", "verifier_data_card.json", "eval/best_of_n.png",
-               "eval/accuracy_vs_tokens.png", "eval/scores.jsonl", "timings.json"):
+               "eval/accuracy_vs_tokens.png", "eval/scores.jsonl", "timings.json",
+               "test_candidates_6_words.jsonl", "eval_6_words/results.json"):
     assert (out / path).exists(), path
   card = json.loads((out / "verifier_data_card.json").read_text())
   assert card["selected"]["records"] == len((out / "verifier_data.jsonl").read_text().splitlines())
@@ -43,6 +45,9 @@ def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
   for line in (out / "test_candidates.jsonl").read_text().splitlines():
     rec = json.loads(line)
     assert {"question_id", "question", "solution", "extracted_answer", "correct"} <= set(rec)
+    assert len(rec["question"].split()) == 5
+  longer = [json.loads(l) for l in (out / "test_candidates_6_words.jsonl").read_text().splitlines()]
+  assert longer and all(len(r["question"].split()) == 6 for r in longer)
   full = json.loads((out / "eval" / "results.json").read_text())
   results = full["best_of_n"]
   methods = {"pass@1", "pass@n", "self_consistency", *(v.name for v in pipeline.VERIFIERS)}

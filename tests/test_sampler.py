@@ -73,7 +73,8 @@ def test_gemma3_extensions_with_padding_gaps_equal_full_forward(lm):
       ref = jax.nn.log_softmax(tiny_lm.full_logits(cfg, params, seen + row[j]))
       want = [float(ref[len(seen) + t, row[j][t + 1]]) for t in range(len(row[j]) - 1)]
       np.testing.assert_allclose(lp, want, atol=2e-4)
-  assert prefix.cache["k_local"].shape[2] == 5 < prefix.cache["k"].shape[2]
+  slots = lambda name: {b.shape[-1] for b in jax.tree.leaves(prefix.cache[name])}  # noqa: E731
+  assert slots("k_local") == {5} and min(slots("k")) > 5
   sc = sampler.SamplerConfig(max_new_tokens=8, temperature=0.0)
   comps = sampler.decode(cfg, params, prefix, [2, 0, 1], tiny_lm.char_codec(eos_id=-1), sc, 0)
   for r, c in zip([2, 0, 1], comps):
@@ -158,6 +159,31 @@ def test_stop_token_and_stop_string(lm):
   assert c.text == codec.decode(ref[:j])
 
 
+def test_decode_prefix_and_rewind_equal_full_forwards(lm):
+  """The cache decode returns continues each row's completion; a rewound row forgets its tail."""
+  cfg, params = lm
+  codec = tiny_lm.char_codec(eos_id=1)
+  sc = sampler.SamplerConfig(9, temperature=1.0, stop_token_ids=(5, 7))
+  prefix, _ = sampler.extend(cfg, params, None, [0] * 3, PROMPTS)
+  parent = [0, 1, 2, 1]
+  comps, dec = sampler.decode(cfg, params, prefix, parent, codec, sc, seed=3, return_prefix=True)
+  assert len({len(c.token_ids) for c in comps}) > 1  # rows stopped at different steps
+  for i, c in enumerate(comps):
+    seen = PROMPTS[parent[i]] + c.token_ids[:-1]
+    np.testing.assert_allclose(dec.last_logits[i], tiny_lm.full_logits(cfg, params, seen)[-1],
+                               rtol=1e-4, atol=1e-4)
+  drop = [min(2, len(c.token_ids) - 1) for c in comps]
+  tails = [[9, 10], [11], [12, 13, 14], [4]]
+  _, out = sampler.extend(cfg, params, sampler.rewind(dec, drop), list(range(4)), tails,
+                          read_ids=(3, 8))
+  for i, c in enumerate(comps):
+    seq = PROMPTS[parent[i]] + c.token_ids[:len(c.token_ids) - 1 - drop[i]] + tails[i]
+    want = jax.nn.log_softmax(tiny_lm.full_logits(cfg, params, seq)[-1])[np.array([3, 8])]
+    np.testing.assert_allclose(out["read_logprobs"][i], want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="rewound"):
+    sampler.decode(cfg, params, sampler.rewind(dec, drop), [0], codec, sc, seed=0)
+
+
 def test_text_api_one_compile_per_bucket(lm, vocab):
   cfg, params = lm
   sc = sampler.SamplerConfig(max_new_tokens=9, temperature=0.8, top_k=20, top_p=0.95)
@@ -185,7 +211,19 @@ def test_sharded_sampling_equals_single_device_with_sharded_cache(lm):
   assert [c.token_ids for c in multi] == [c.token_ids for c in single]
   np.testing.assert_allclose([c.logprobs for c in multi], [c.logprobs for c in single], atol=1e-4)
   # Rows over (data, fsdp), kv heads over tensor: 1/8 of the cache per device.
-  spec = tuple(prefix.cache["k"].sharding.spec)
-  assert spec + (None,) * (5 - len(spec)) == (None, ("data", "fsdp"), None, "tensor", None)
-  shard = prefix.cache["k"].addressable_shards[0].data.shape
-  assert np.prod(shard) * 8 == np.prod(prefix.cache["k"].shape)
+  for buf in jax.tree.leaves((prefix.cache["k"], prefix.cache["v"])):  # one buffer per layer
+    spec = tuple(buf.sharding.spec)
+    assert spec + (None,) * (5 - len(spec)) == (None, ("data", "fsdp"), "tensor", None, None)
+    assert np.prod(buf.addressable_shards[0].data.shape) * 8 == np.prod(buf.shape)
+
+
+def test_rewind_of_a_wrapped_ring_cache_is_refused():
+  """A 5-slot local ring: forgetting 2+ tokens once position 5 was written would lose keys."""
+  ring = {"pos": np.zeros((2, 12), np.int32), "pos_local": np.zeros((2, 5), np.int32)}
+  prefix = sampler.Prefix(ring, None, np.array([9, 5]), 2)
+  assert sampler.can_rewind(prefix, [1, 3])  # one token, or a ring that never wrapped
+  assert not sampler.can_rewind(prefix, [2, 0])
+  with pytest.raises(ValueError, match="ring cache"):
+    sampler.rewind(prefix, [2, 0])
+  no_ring = sampler.Prefix({"pos": ring["pos"]}, None, np.array([9, 5]), 2)
+  assert sampler.can_rewind(no_ring, [9, 5])

@@ -7,6 +7,7 @@ import dataclasses
 import glob
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -125,11 +126,18 @@ def _one_layer(exp: train.Experiment) -> train.Experiment:
   return dataclasses.replace(exp, model=exp.model.replace(num_layers=1))
 
 
-def test_nan_loss_stops_and_names_the_checkpoint(tmp_path):
-  exp = _one_layer(_exp("lm", steps=20, lr=1e12, checkpoint_every=1))
+@pytest.mark.parametrize("checkpoint_every", [1, 2])
+def test_nan_loss_stops_and_names_the_checkpoint(tmp_path, checkpoint_every):
+  """Metrics are fetched one step late, yet the error names the first non-finite step and no
+  checkpoint of that step or later exists: a checkpoint waits for its own step's loss."""
+  exp = _one_layer(_exp("lm", steps=20, lr=1e12, checkpoint_every=checkpoint_every))
   with pytest.raises(train.TrainingDivergedError,
-                     match=r"loss is (nan|inf) at step \d+; the last good checkpoint is step \d+"):
+                     match=r"loss is (nan|inf) at step \d+; the last good checkpoint is step \d+"
+                     ) as err:
     train.run(exp, str(tmp_path), mesh=_one_device_mesh())
+  bad, good = (int(x) for x in re.findall(r"step (\d+)", str(err.value)))
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert good == saved[-1] == (bad - 1) // checkpoint_every * checkpoint_every
   assert not (tmp_path / "model").exists()
 
 
