@@ -58,6 +58,7 @@ from genrm_jax import distributed
 from genrm_jax import files
 from genrm_jax import plots
 from genrm_jax import policy_samples
+from genrm_jax import progress
 from genrm_jax import sampler
 from genrm_jax import scoring
 from genrm_jax import task_rules
@@ -155,7 +156,10 @@ def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
   index: dict[tuple[str, str], int] = {}
   where = np.array([index.setdefault((c["question"], c["solution"]), len(index)) for c in flat])
   unique = list(index)
-  r = verifier.score(method, [q for q, _ in unique], [s for _, s in unique], opts, seed=ec.seed)
+  with progress.Progress(f"scoring with {spec.name}", len(unique), "items",
+                         enabled=distributed.is_main()) as bar, scoring.reporting_to(bar.update):
+    r = verifier.score(method, [q for q, _ in unique], [s for _, s in unique], opts,
+                       seed=ec.seed)
   out = {"score": np.asarray(r.scores, np.float64)[where]}
   if method in scoring.VERDICT_METHODS:
     out["prob"] = out["score"]

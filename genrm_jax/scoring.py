@@ -24,9 +24,11 @@ items into one ``score`` call) and eval, the server and any chunking agree.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -83,14 +85,33 @@ def _lcp(seqs: Sequence[Sequence[int]]) -> int:
   return n
 
 
-def _chunks(keys: Sequence[Hashable], rows_per_item: int, max_rows: int) -> list[list[int]]:
-  """Item indices grouped by key (first-seen order), cut into chunks of at most max_rows rows."""
+_PROGRESS: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "scoring_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting_to(update: Callable[[int], None]) -> Iterator[None]:
+  """Within it, scoring calls ``update(n)`` after each chunk of n items (e.g. a progress bar)."""
+  token = _PROGRESS.set(update)
+  try:
+    yield
+  finally:
+    _PROGRESS.reset(token)
+
+
+def _chunks(keys: Sequence[Hashable], rows_per_item: int, max_rows: int) -> Iterator[list[int]]:
+  """Item indices grouped by key (first-seen order), cut into chunks of at most max_rows rows;
+  each chunk is reported done (``reporting_to``) when the next is asked for."""
   order: dict[Hashable, list[int]] = {}
   for i, k in enumerate(keys):
     order.setdefault(k, []).append(i)
   per = max(1, max_rows // rows_per_item)
   flat = [i for members in order.values() for i in members]
-  return [flat[j:j + per] for j in range(0, len(flat), per)]
+  update = _PROGRESS.get()
+  for j in range(0, len(flat), per):
+    yield flat[j:j + per]
+    if update is not None:
+      update(len(flat[j:j + per]))
 
 
 def _prefill(cfg, params, seqs, keys, need, *, share: bool, read_ids, token_logprobs=False,

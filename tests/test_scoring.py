@@ -146,3 +146,13 @@ def test_context_needed_counts_each_methods_tokens(lm):
       1 + len(formats.question_prompt(q, INSTRUCTION)) + len(s) + 1)
   with pytest.raises(ValueError, match="unknown method 'x'"):
     scoring.context_needed("x", vocab, q, s, opts)
+
+
+def test_scoring_reports_progress_per_chunk():
+  """``reporting_to`` hears of every item once, a chunk at a time, and nothing outside it."""
+  got = []
+  with scoring.reporting_to(got.append):
+    chunks = list(scoring._chunks(["a", "b", "a", "c", "b"], 2, 4))  # pylint: disable=protected-access
+  assert chunks == [[0, 2], [1, 4], [3]] and got == [2, 2, 1]
+  list(scoring._chunks(["a"], 1, 4))  # pylint: disable=protected-access
+  assert got == [2, 2, 1]
