@@ -82,29 +82,27 @@ class PipelineConfig:
   # Gin files of the stages (relative to gin_configs/), composed model + task + run size.
   model_gin: str = "tiny.gin"
   policy_gin: str = "pipeline/policy.gin"
-  # Copying the question's words emerges abruptly (loss ~1.5 -> 0.3 around step 275 at this
-  # rate and batch). The cosine runs over policy_decay_steps, past the end of training: a rate
-  # still high after that jump is what teaches the rest (500 steps on a 500-step cosine ended at
-  # loss 0.17 and pass@1 .07 at 4 words; on a 1,000-step cosine, 0.08 and .44).
+  # The cosine runs over policy_decay_steps, past the end of training: a rate still high late in
+  # training is what teaches the policy to copy words (with the fixed phrases as single pieces of
+  # the vocabulary, loss 0.12 by step 200 and 0.03 at 500).
   policy_steps: int = 500
   policy_decay_steps: int = 1000
-  verifier_steps: int = 150
+  verifier_steps: int = 300
   # Test pool: problems of the test length, N samples each; the paper's GSM8K N is 16.
-  test_problems: int = 64
-  # Words per test problem: one more than any verifier training problem. The paper's 6 is on
-  # a knife's edge here: two 500-step policies that differ only in their vocabulary's id order
-  # reached pass@1 of 11% and 1% at 6 words, but 19% and 12% at 5. Test problems are held out
-  # at any length.
+  test_problems: int = 128
+  # Words per test problem. The verifiers also train on this length, on other problems (a hash
+  # of the words holds test problems out at any length): with data only up to one word shorter,
+  # every 5-letter answer in them was wrong, and they learned that instead of checking.
   test_length: int = 5
   # A second test pool (0: none) of problems longer than any verifier saw: the paper's split
   # (train on 2-4 words, test last letters at 6), evaluated into eval_<L>_words/.
-  longer_test_length: int = 0
+  longer_test_length: int = 6
   num_samples: int = 16
   temperature: float = 0.7
   # Verifier training data: train_samples samples of train_problems_per_length training problems
   # of each of verifier_lengths words (held out from the test problems at any length), then per
   # problem equally many right and wrong ones, at most max_per_class each (the paper's 16), or none.
-  verifier_lengths: tuple[int, ...] = (2, 3, 4)
+  verifier_lengths: tuple[int, ...] = (2, 3, 4, 5)
   train_problems_per_length: int = 300
   train_samples: int = 16
   max_per_class: int = 16
@@ -112,7 +110,7 @@ class PipelineConfig:
   rationale_style: str = "check"  # word_puzzles.RATIONALE_STYLES
   # Even each problem's wrong samples up to its right ones with one-edit wrong versions of the
   # reference solution (word_puzzles.HARD_NEGATIVES), so that every problem gives balanced pairs.
-  hard_negatives: bool = False
+  hard_negatives: bool = True
   # Fixed text of the format (formats.PHRASES) as single pieces of the task vocabulary.
   vocab_phrases: bool = True
   cot_votes: int = 4
