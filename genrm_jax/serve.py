@@ -44,6 +44,7 @@ import uvicorn
 from starlette.responses import JSONResponse, Response
 
 from genrm_jax import cli
+from genrm_jax import sampler
 from genrm_jax import scoring
 from genrm_jax import serve_api
 from genrm_jax import task_rules
@@ -54,7 +55,9 @@ log = logging.getLogger("genrm_jax.serve")
 
 SERVED = ("genrm", "genrm_cot", "disc", "dpo")
 ENDPOINTS = ("/v1/score", "/get_reward", "/health", "/metrics")
-cli.register(scoring.ScoringConfig)  # so that --gin_bindings may name it
+# So that --gin_bindings may name them (ScoringConfig.rationale = @SamplerConfig()).
+cli.register(scoring.ScoringConfig)
+cli.register(sampler.SamplerConfig)
 
 
 @dataclasses.dataclass(frozen=True)
