@@ -75,7 +75,7 @@ VERIFIERS = (
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  """The experiment; the defaults are the embedded default run (about 15 minutes on 2 cores)."""
+  """The experiment; the defaults are the embedded default run (see the README for its table and time)."""
   task: str = word_puzzles.LAST_LETTERS
   out: str = "runs/genrm_demo"
   seed: int = 0
