@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import harness
-from families import FAMILIES, in_family
-from genrm_jax import config, hf_convert
+from families import FAMILIES, in_family, torch_model
+from genrm_jax import config
 from genrm_jax import model as model_lib
 
 
@@ -29,20 +29,6 @@ def jax_step(cfg: config.ModelConfig):
     logp = jax.nn.log_softmax(logits)
     return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
   return jax.jit(jax.value_and_grad(loss_fn))
-
-
-def torch_model(cfg: config.ModelConfig, params):
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  hf_cfg = transformers.AutoConfig.for_model(**hf_convert.config_to_hf(cfg, "float32"))
-  # sdpa cannot soft-cap attention logits, so Gemma 2 runs eager, as transformers itself chooses.
-  attn = "eager" if cfg.family == "gemma2" else "sdpa"
-  model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attn)
-  state = {k: torch.from_numpy(np.array(v)) for k, v in hf_convert.hf_tensors(cfg, params)}
-  missing, unexpected = model.load_state_dict(state, strict=False)
-  assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-  model.tie_weights()
-  return model.train()
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import harness
-from families import FAMILIES, in_family
-from genrm_jax import config, hf_convert, model, objectives, optim, sharding, step, synthetic
+from families import FAMILIES, in_family, torch_model
+from genrm_jax import config, model, objectives, optim, sharding, step, synthetic
 
 
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:
@@ -56,17 +56,8 @@ def jax_side(cfg: config.ModelConfig, params, batch, losses: list[float]):
 
 def torch_side(cfg: config.ModelConfig, params, batch, losses: list[float]):
   import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
-  hf_cfg = transformers.AutoConfig.for_model(**hf_convert.config_to_hf(cfg, "float32"))
-  # sdpa cannot soft-cap attention logits, so Gemma 2 runs eager, as transformers itself chooses.
-  attn = "eager" if cfg.family == "gemma2" else "sdpa"
-  net = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attn)
-  state = {k: torch.from_numpy(np.array(v)) for k, v in hf_convert.hf_tensors(cfg, params)}
-  missing, unexpected = net.load_state_dict(state, strict=False)
-  assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-  net.tie_weights()
-  net.train()
+  net = torch_model(cfg, params)
   oc = optim.OptimConfig()
   opt = torch.optim.AdamW(net.parameters(), lr=oc.peak_lr, betas=(oc.b1, oc.b2), eps=oc.eps,
                           weight_decay=oc.weight_decay)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from genrm_jax import config
+import numpy as np
+
+from genrm_jax import config, hf_convert
 
 FAMILIES = ("gemma", "gemma2", "gemma3")
 
@@ -21,3 +23,18 @@ def in_family(cfg: config.ModelConfig, family: str) -> config.ModelConfig:
     return cfg.replace(attention_types=config.GEMMA3_PATTERN, use_qk_norm=True,
                        rope_base=1_000_000.0, local_rope_base=10_000.0, **common)
   raise ValueError(f"--family={family!r}; expected one of {FAMILIES}")
+
+
+def torch_model(cfg: config.ModelConfig, params):
+  """The transformers model of ``cfg`` holding ``params``, in training mode: the peer."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  hf_cfg = transformers.AutoConfig.for_model(**hf_convert.config_to_hf(cfg, "float32"))
+  # sdpa cannot soft-cap attention logits, so Gemma 2 runs eager, as transformers itself chooses.
+  attn = "eager" if cfg.family == "gemma2" else "sdpa"
+  model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attn)
+  state = {k: torch.from_numpy(np.array(v)) for k, v in hf_convert.hf_tensors(cfg, params)}
+  missing, unexpected = model.load_state_dict(state, strict=False)
+  assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+  model.tie_weights()
+  return model.train()

@@ -13,6 +13,15 @@ def _pyplot():
   return plt
 
 
+def _finish(plt, fig, ax, path: str, title: str, grid: str = "major") -> None:
+  ax.set_title(title)
+  ax.grid(alpha=0.3, which=grid)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 BOUNDS = {"pass@1": ":", "pass@n": "--"}
 
 
@@ -29,12 +38,7 @@ def best_of_n(results: dict[str, dict[str, float]], path: str, title: str) -> No
   ax.set_xlabel("N (candidates per problem)")
   ax.set_ylabel("Best-of-N accuracy")
   ax.set_ylim(0, 1)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _finish(plt, fig, ax, path, title)
 
 
 def accuracy_vs_tokens(accuracy: dict[str, dict[str, float]], tokens: dict[str, dict[str, float]],
@@ -50,12 +54,7 @@ def accuracy_vs_tokens(accuracy: dict[str, dict[str, float]], tokens: dict[str, 
   ax.set_xlabel("generated tokens per problem (solutions + rationales)")
   ax.set_ylabel("Best-of-N accuracy")
   ax.set_ylim(0, 1)
-  ax.set_title(title)
-  ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _finish(plt, fig, ax, path, title, grid="both")
 
 
 def reliability(bins_by_verifier: dict[str, list[dict[str, float]]], path: str, title: str
@@ -72,9 +71,4 @@ def reliability(bins_by_verifier: dict[str, list[dict[str, float]]], path: str, 
   ax.set_ylim(0, 1)
   ax.set_xlabel("verifier probability (bin mean)")
   ax.set_ylabel("fraction correct")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _finish(plt, fig, ax, path, title)

@@ -26,6 +26,7 @@ from genrm_jax import checkpoint, config, formats, gguf_import  # noqa: E402
 from genrm_jax import import_hf  # noqa: E402
 from genrm_jax import model as model_lib  # noqa: E402
 from genrm_jax import sampler  # noqa: E402
+from tests import tiny_lm  # noqa: E402
 
 # ----------------------------------------------------------------------------- dequantization
 
@@ -81,17 +82,7 @@ VOCAB = ["<pad>", "<eos>", "<bos>", "<unk>"] + ["▁"] + list("abcdefghijklmnopq
 
 def _tiny_hf_model(arch: str):
   cls_name, kw = _TINY[arch]
-  base = dict(vocab_size=len(VOCAB), hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-              max_position_embeddings=64, rope_theta=100.0, attn_implementation="eager")
-  base.update(kw)
-  hf_cfg = getattr(transformers, cls_name)(**base)
-  torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
-  with torch.no_grad():
-    for pname, p in model.named_parameters():
-      if "norm" in pname:
-        p.normal_(0.0, 0.3)
-  return model
+  return tiny_lm.random_hf_model(cls_name, vocab_size=len(VOCAB), rope_theta=100.0, **kw)
 
 
 def write_gguf(path: pathlib.Path, arch: str, model, drop: str = "", reshape: str = "",

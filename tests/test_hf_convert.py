@@ -24,6 +24,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from genrm_jax import checkpoint, export_hf, hf_convert, import_hf  # noqa: E402
 from genrm_jax import model as model_lib  # noqa: E402
+from tests import tiny_lm  # noqa: E402
 
 SEQ = 12
 # name -> (transformers config class, kwargs). Vocab 40 = the tiny tokenizer trained below.
@@ -58,17 +59,7 @@ HF_CONFIGS = {
 
 def make_hf_model(name: str, vocab_size: int = 40, seed: int = 0):
   cls_name, kw = HF_CONFIGS[name]
-  base = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-              max_position_embeddings=64, attn_implementation="eager")
-  base.update(kw)
-  hf_cfg = getattr(transformers, cls_name)(**base)
-  torch.manual_seed(seed)
-  model = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
-  with torch.no_grad():
-    for pname, p in model.named_parameters():
-      if "norm" in pname:
-        p.normal_(0.0, 0.3)
-  return model
+  return tiny_lm.random_hf_model(cls_name, seed, vocab_size=vocab_size, **kw)
 
 
 def hf_logits(model, tokens: np.ndarray) -> np.ndarray:

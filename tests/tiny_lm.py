@@ -88,3 +88,21 @@ def char_codec(eos_id: int = 1, bos_id: int | None = None) -> sampler.Codec:
   return sampler.Codec(encode=lambda s: [ord(c) - 0x100 for c in s],
                        decode=lambda ids: "".join(chr(0x100 + i) for i in ids), eos_id=eos_id,
                        bos_id=bos_id)
+
+
+def random_hf_model(cls_name: str, seed: int = 0, **kw):
+  """A small transformers Gemma (config class ``cls_name``) with random weights and norms far from
+  their init, so that a converter mixing up any norm shows in the logits."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  base = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+              max_position_embeddings=64, attn_implementation="eager")
+  base.update(kw)
+  torch.manual_seed(seed)
+  model = transformers.AutoModelForCausalLM.from_config(
+      getattr(transformers, cls_name)(**base)).eval()
+  with torch.no_grad():
+    for pname, p in model.named_parameters():
+      if "norm" in pname:
+        p.normal_(0.0, 0.3)
+  return model
