@@ -88,6 +88,9 @@ class PipelineConfig:
   policy_steps: int = 500
   policy_decay_steps: int = 1000
   verifier_steps: int = 300
+  # Layers the verifiers add on top of the policy's (identity maps at first, see
+  # train.append_identity_layers).
+  verifier_add_layers: int = 0
   # Test pool: problems of the test length, N samples each; the paper's GSM8K N is 16.
   test_problems: int = 128
   # Words per test problem. The verifiers also train on this length, on other problems (a hash
@@ -163,7 +166,8 @@ class Runner:
 
   def experiment(self, gin_file: str, data: str, steps: int, decay_steps: int | None = None,
                  init_from: str = "scratch", objective: Sequence[tuple[str, Any]] = (),
-                 mixture: records.MixtureConfig | None = None) -> tuple[train.Experiment, str]:
+                 mixture: records.MixtureConfig | None = None, add_layers: int = 0
+                 ) -> tuple[train.Experiment, str]:
     """A training stage's experiment: the model and stage gin files (with ``extra_bindings``), then
     what the pipeline decides; and its config.gin text, the gin files' operative config followed
     by the bindings that the pipeline's settings amount to."""
@@ -176,8 +180,10 @@ class Runner:
     # Short CPU runs: warm up over a tenth of the run, then one cosine (to its end by default).
     exp = dataclasses.replace(
         base,
-        model=base.model.replace(vocab_size=vocab_lib.load_vocab(vocab_path).vocab_size),
-        train=dataclasses.replace(base.train, seed=pc.seed, num_steps=steps, init_from=init_from),
+        model=base.model.replace(vocab_size=vocab_lib.load_vocab(vocab_path).vocab_size,
+                                 num_layers=base.model.num_layers + add_layers),
+        train=dataclasses.replace(base.train, seed=pc.seed, num_steps=steps, init_from=init_from,
+                                  add_layers=add_layers),
         data=dataclasses.replace(base.data, name=data, seed=pc.seed, vocab_path=vocab_path,
                                  mixture=mixture or base.data.mixture),
         optim=dataclasses.replace(base.optim, warmup_steps=max(1, steps // 10),
@@ -280,7 +286,7 @@ class Runner:
                  lambda recipe=recipe, workdir=workdir: self.train_stage(
                      workdir, recipe.gin_file, recipe.data, pc.verifier_steps,
                      init_from=f"genrm:{self.path('policy')}", objective=recipe.objective,
-                     mixture=self.mixture()))
+                     mixture=self.mixture(), add_layers=pc.verifier_add_layers))
     eval_dir = self.path("eval")
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
                lambda: self.evaluate(recipes, test_cands, eval_dir))

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -69,6 +70,10 @@ class TrainConfig:
   # "scratch", "hf:DIR" (transformers folder), "gemma:DIR" (official Flax checkpoint) or
   # "genrm:DIR" (a genrm-jax model directory, or a run workdir holding model/).
   init_from: str = "scratch"
+  # Layers appended on top of the init_from model (ModelConfig.num_layers counts them), each an
+  # identity map at first (see append_identity_layers): depth up-scaling, e.g. a verifier deeper
+  # than the policy it starts from.
+  add_layers: int = 0
   seed: int = 0
   mesh_data: int = -1
   mesh_fsdp: int = 1
@@ -151,9 +156,46 @@ def _check_compatible(stored: config_lib.ModelConfig, cfg: config_lib.ModelConfi
     raise ValueError(f"{what} holds another model config ({'; '.join(diff)}){hint}")
 
 
+# What a block writes into the residual stream (attention output, MLP down projection): with
+# these zero, a new block passes its input on unchanged.
+_BLOCK_OUTPUTS = ("attn_vec_einsum", "linear")
+
+
+def append_identity_layers(src_cfg: config_lib.ModelConfig, params: Any,
+                           cfg: config_lib.ModelConfig, rng: jax.Array, mesh=None) -> Any:
+  """``params`` of ``src_cfg`` with layers appended up to ``cfg.num_layers``: fresh weights whose
+  output projections are zero, so the deeper model computes what the source did and training
+  starts from there (gradients reach the zero projections first, then the rest of each block)."""
+  extra = cfg.num_layers - src_cfg.num_layers
+  # Only the blocks of a fresh model are kept: a one-token vocabulary spares the embedding.
+  fresh = model_lib.init_params(cfg.replace(num_layers=extra, vocab_size=1, scan_layers=False),
+                                rng)
+
+  def silence(path, a):
+    return jnp.zeros_like(a) if any(getattr(k, "key", None) in _BLOCK_OUTPUTS for k in path) else a
+
+  out = dict(model_lib.unscan_params(params, src_cfg))
+  for j in range(extra):
+    out[f"layer_{src_cfg.num_layers + j}"] = jax.tree_util.tree_map_with_path(
+        silence, fresh[f"layer_{j}"])
+  out = model_lib.scan_params(out, cfg)
+  return jax.device_put(out, model_lib.param_shardings(cfg, mesh)) if mesh is not None else out
+
+
 def initial_model_params(exp: Experiment, mesh) -> tuple[Any, str | None]:
   """(model params laid out on ``mesh``, tokenizer path of the source if any)."""
-  cfg = exp.model
+  cfg, add = exp.model, exp.train.add_layers
+  if not add:
+    return _starting_point(exp, cfg, mesh)
+  if exp.train.init_from == "scratch" or not 0 < add < cfg.num_layers:
+    raise ValueError(f"TrainConfig.add_layers={add}: needs a starting point (init_from) and "
+                     f"0 < add_layers < ModelConfig.num_layers={cfg.num_layers}")
+  src_cfg = cfg.replace(num_layers=cfg.num_layers - add)
+  params, tok = _starting_point(exp, src_cfg, mesh)
+  return append_identity_layers(src_cfg, params, cfg, jax.random.key(exp.train.seed), mesh), tok
+
+
+def _starting_point(exp: Experiment, cfg: config_lib.ModelConfig, mesh) -> tuple[Any, str | None]:
   kind, _, path = exp.train.init_from.partition(":")
   if kind == "scratch":
     return model_lib.init_params(cfg, jax.random.key(exp.train.seed), mesh), None

@@ -122,6 +122,37 @@ def test_starting_points_load_the_given_parameters(tmp_path, kind):
   jax.tree.map(np.testing.assert_array_equal, got, params)
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_added_layers_start_as_identity_and_then_learn(tmp_path, scan):
+  """A verifier deeper than its source model computes the source's logits at step 0, and the new
+  layers' output projections (zero at first) move once it trains."""
+  from genrm_jax import model  # pylint: disable=g-import-not-at-top
+  exp = _exp("lm", steps=0)
+  src_cfg = exp.model.replace(scan_layers=scan)
+  params = model.init_params(src_cfg, jax.random.key(3))
+  src = str(tmp_path / "src")
+  checkpoint.save_model_dir(src, src_cfg, params)
+  deep = dataclasses.replace(
+      exp, model=src_cfg.replace(num_layers=src_cfg.num_layers + 2),
+      train=dataclasses.replace(exp.train, init_from=f"genrm:{src}", add_layers=2))
+  got, _ = train.initial_model_params(deep, None)
+  tokens = np.random.default_rng(0).integers(0, src_cfg.vocab_size, (2, 12))
+  np.testing.assert_allclose(model.forward(deep.model, got, tokens),
+                             model.forward(src_cfg, params, tokens), rtol=1e-5, atol=1e-5)
+  layers = model.unscan_params(got, deep.model)
+  assert not np.any(layers["layer_3"]["attn"]["attn_vec_einsum"]["w"])
+  assert np.any(layers["layer_3"]["attn"]["q_einsum"]["w"])  # fresh, not copied or zero
+
+  deep = dataclasses.replace(deep, train=dataclasses.replace(deep.train, num_steps=3,
+                                                              checkpoint_every=3))
+  result = train.run(deep, str(tmp_path / "run"), mesh=_one_device_mesh())
+  _, trained, _ = checkpoint.load_model_dir(result.model_dir)
+  assert np.any(trained["layer_3"]["mlp"]["linear"])
+  with pytest.raises(ValueError, match="add_layers=2: needs a starting point"):
+    train.initial_model_params(dataclasses.replace(
+        deep, train=dataclasses.replace(deep.train, init_from="scratch")), None)
+
+
 def _one_layer(exp: train.Experiment) -> train.Experiment:
   return dataclasses.replace(exp, model=exp.model.replace(num_layers=1))
 
