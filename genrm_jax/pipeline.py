@@ -201,7 +201,12 @@ class Runner:
 
   def train_stage(self, workdir: str, *args, **kwargs) -> int:
     exp, config = self.experiment(*args, **kwargs)
-    return train.launch(exp, workdir, config)
+    rc = train.launch(exp, workdir, config)
+    # A trainer stopped by SIGTERM exits cleanly with a checkpoint and no model directory.
+    if rc == 0 and not os.path.exists(os.path.join(workdir, "model")):
+      raise StageFailed(f"training in {workdir} stopped before step {exp.train.num_steps} (a "
+                        "signal); its checkpoints are kept: run the same command to resume")
+    return rc
 
   def sample(self, split: str, problems: int, samples: int, out: str,
              test_length: int | None = None) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from genrm_jax import pipeline
 
@@ -75,3 +76,18 @@ def test_same_seed_same_config(tmp_path):
                              str(tmp_path))
   assert pc.seed == 3 and pc.out == str(tmp_path)
   assert pc.num_samples == 16 and pc.task == "last_letters"
+
+
+def test_a_stopped_training_stage_says_so_and_keeps_its_checkpoints(tmp_path, monkeypatch):
+  """A trainer stopped by SIGTERM returns 0 without a model directory: the pipeline names the
+  stage as stopped (to be resumed by the same command), not as a failure without output."""
+  from genrm_jax import train  # pylint: disable=g-import-not-at-top
+  pc = pipeline.parse_config(["pipeline/quick.gin"], [], str(tmp_path))
+  runner = pipeline.Runner(pc)
+  monkeypatch.setattr(runner, "experiment", lambda *a, **k: (
+      train.Experiment(None, train.TrainConfig(num_steps=7), None, None, None), ""))
+  monkeypatch.setattr(train, "launch", lambda exp, workdir, config: 0)
+  with pytest.raises(pipeline.StageFailed, match="stopped before step 7 .*same command to resume"):
+    runner.train_stage(str(tmp_path / "policy"), "policy.gin", "data", 7)
+  monkeypatch.setattr(train, "launch", lambda exp, workdir, config: 1)
+  assert runner.train_stage(str(tmp_path / "policy"), "policy.gin", "data", 7) == 1
