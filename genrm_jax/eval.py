@@ -65,11 +65,6 @@ from genrm_jax import task_rules
 from genrm_jax import vocab as vocab_lib
 from genrm_jax import word_puzzles
 
-# Command-line method name -> genrm_jax.scoring method (scoring's own names are accepted too).
-METHODS = {"direct": "genrm", "cot": "genrm_cot", "discriminative": "disc", "dpo": "dpo",
-           "judge": "llm_judge", "judge_cot": "llm_judge_cot", "genrm": "genrm",
-           "genrm_cot": "genrm_cot", "disc": "disc", "llm_judge": "llm_judge",
-           "llm_judge_cot": "llm_judge_cot"}
 MODEL_FREE = ("pass@1", "pass@n", "self_consistency")
 WEIGHTED_SUFFIX = "+weighted_sc"
 
@@ -118,13 +113,21 @@ class Scored:
   FIELDS = ("score", "prob", "votes", "rationale_tokens")
 
 
+def method_names() -> dict[str, str]:
+  """Command-line method name (``Method.alias``) -> genrm_jax.scoring method; scoring's own
+  names are accepted too."""
+  known = scoring.methods()
+  return {**{m.alias: name for name, (_, m) in known.items()}, **{n: n for n in known}}
+
+
 def parse_verifier(spec: str) -> VerifierArg:
   """"NAME=MODEL_DIR:METHOD" (NAME defaults to METHOD)."""
   name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
   model_dir, sep, method = rest.rpartition(":")
-  if not sep or not model_dir or method not in METHODS:
+  names = method_names()
+  if not sep or not model_dir or method not in names:
     raise ValueError(f"--verifier {spec!r}: expected NAME=MODEL_DIR:METHOD with METHOD in "
-                     f"{list(METHODS)}")
+                     f"{list(names)}")
   name = name or method
   if name in MODEL_FREE or name.endswith(WEIGHTED_SUFFIX) or "[" in name:
     raise ValueError(f"--verifier {spec!r}: the name {name!r} is reserved")
@@ -133,15 +136,16 @@ def parse_verifier(spec: str) -> VerifierArg:
 
 def _fields(method: str) -> tuple[str, ...]:
   """The outputs a scoring method has (the same on every process, pools or not)."""
-  if method in scoring.COT_METHODS:
+  m = scoring.method(method)
+  if m.votes:
     return Scored.FIELDS
-  return ("score", "prob") if method in (*scoring.VERDICT_METHODS, "disc") else ("score",)
+  return ("score", "prob") if m.probability else ("score",)
 
 
 def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
                 opts: scoring.ScoringConfig) -> dict[str, np.ndarray]:
   """``Scored`` fields, flat over the candidates of ``pools``, from one verifier on local devices."""
-  method = METHODS[spec.method]
+  method = method_names()[spec.method]
   mesh = cli.mesh(ec.mesh, devices=jax.local_devices())
   verifier = scoring.load_verifier(spec.model_dir, method, mesh, what=f"verifier {spec.name}")
   flat = [c for p in pools for c in p.candidates]
@@ -161,11 +165,10 @@ def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
     r = verifier.score(method, [q for q, _ in unique], [s for _, s in unique], opts,
                        seed=ec.seed)
   out = {"score": np.asarray(r.scores, np.float64)[where]}
-  if method in scoring.VERDICT_METHODS:
-    out["prob"] = out["score"]
-  elif method == "disc":
-    out["prob"] = 1.0 / (1.0 + np.exp(-out["score"]))
-  if method in scoring.COT_METHODS:
+  m = scoring.method(method)
+  if m.probability:
+    out["prob"] = m.probability(out["score"])
+  if m.votes:
     out["votes"] = np.asarray(r.rationale_scores, np.float64)[where]
     out["rationale_tokens"] = np.asarray(r.rationale_tokens, np.float64)[where]
   return out
@@ -415,7 +418,8 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierArg],
                  "was loaded, so tokens_per_problem is empty")
   if not scores:
     notes.append("no verifier: only the model-free rows; pass --verifier NAME=MODEL_DIR:METHOD "
-                 f"(METHOD in {', '.join(list(METHODS)[:6])}) or --scores_file for Best-of-N rows")
+                 f"(METHOD in {', '.join(m.alias for _, m in scoring.methods().values())}) or "
+                 "--scores_file for Best-of-N rows")
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(res, f, indent=2)
   files.write_jsonl(os.path.join(out, "scores.jsonl"), _scores_lines(pools, scores))

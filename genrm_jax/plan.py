@@ -185,8 +185,7 @@ def make_plan(spec: PlanSpec, backend: str) -> Plan:
   opt = optim.OptimConfig()
   setup = step.make_setup(cfg, obj, opt, mesh)
   state = setup.abstract_state
-  batch = objectives.abstract_batch(spec.objective, spec.batch, spec.seq_len,
-                                    setup.batch_shardings)
+  batch = setup.objective.abstract_batch(spec.batch, spec.seq_len, setup.batch_shardings)
   train_step = step.make_train_step(setup, grad_accum=spec.grad_accum)
   params_bytes = _per_chip_bytes(state.params) + _per_chip_bytes(state.ref_params)
   opt_bytes = _per_chip_bytes(state.opt_state)
@@ -349,7 +348,8 @@ def _plan(argv: Sequence[str] | None) -> int:
                   help="data=..,fsdp=..,tensor=.. (default: every chip on fsdp)")
   ap.add_argument("--remat", default=PlanSpec.remat, help="none, dots, dots_no_batch, full")
   ap.add_argument("--grad_accum", type=int, default=1)
-  ap.add_argument("--objective", default="lm", choices=("lm", "disc", "dpo"))
+  ap.add_argument("--objective", default=PlanSpec.objective,
+                  help="the trainer's ObjectiveConfig.kind: lm, disc, dpo or one registered")
   ap.add_argument("--dtype", default=PlanSpec.dtype, help="compute dtype")
   ap.add_argument("--param_dtype", default=PlanSpec.param_dtype, help="master weight dtype")
   ap.add_argument("--no_scan", action="store_true", help="unrolled layers (slower to compile)")

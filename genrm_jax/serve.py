@@ -53,11 +53,19 @@ from genrm_jax.serve_metrics import Metrics
 
 log = logging.getLogger("genrm_jax.serve")
 
-SERVED = ("genrm", "genrm_cot", "disc", "dpo")
 ENDPOINTS = ("/v1/score", "/get_reward", "/health", "/metrics")
 # So that --gin_bindings may name them (ScoringConfig.rationale = @SamplerConfig()).
 cli.register(scoring.ScoringConfig)
 cli.register(sampler.SamplerConfig)
+
+
+def served(method: str | None = None) -> tuple[str, ...]:
+  """The methods a model directory can be served for (LLM-as-a-Judge ones are not: they score
+  with an untuned model); with ``method``, those of its objective, ``method`` first."""
+  known = scoring.methods()
+  out = tuple(name for name, (o, m) in known.items()
+              if not m.untuned and (method is None or o is known[method][0]))
+  return out if method is None else (method, *(m for m in out if m != method))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +87,8 @@ class ServeConfig:
   mesh: tuple[int, ...] = ()
 
   def __post_init__(self):
-    if self.method not in SERVED:
-      raise ValueError(f"--method {self.method!r}: expected one of {SERVED}")
+    if self.method not in served():
+      raise ValueError(f"--method {self.method!r}: expected one of {served()}")
     for name in ("max_rows", "max_queue_items", "max_items", "max_votes", "max_body_bytes"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name} must be >= 1")
@@ -137,8 +145,7 @@ class ModelScorer:
                               instruction=task_rules.get_task(sc.task).instruction,
                               num_rationales=sc.votes or None)
     self.seed = sc.seed
-    self.methods = (sc.method, *(m for m in ("genrm", "genrm_cot") if m != sc.method)
-                    ) if sc.method in ("genrm", "genrm_cot") else (sc.method,)
+    self.methods = served(sc.method)
     self.votes = self.opts.num_rationales
     self.max_seq_len = self.verifier.cfg.max_seq_len
     sp = self.verifier.vocab.sp
@@ -298,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap = argparse.ArgumentParser(prog="python -m genrm_jax.serve", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--model", required=True, help="model directory")
-  ap.add_argument("--method", required=True, choices=SERVED)
+  ap.add_argument("--method", required=True, choices=served())
   ap.add_argument("--task", default="gsm8k", choices=sorted(task_rules.TASKS))
   ap.add_argument("--votes", type=int, default=0, help="K rationales a CoT item (default: "
                   "ScoringConfig.num_rationales); a request may ask for others up to --max_votes")

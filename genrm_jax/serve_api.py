@@ -119,7 +119,7 @@ def _method_and_votes(body: dict, limits: Limits) -> tuple[str, int]:
   if not isinstance(method, str) or method not in limits.methods:
     raise ApiError(400, "method", f"{method!r} is not served here; this server serves "
                    f"{', '.join(limits.methods)}")
-  if method not in scoring.COT_METHODS:
+  if not scoring.method(method).votes:
     return method, 1  # votes mean nothing without rationales
   votes = body.get("votes", limits.votes)
   if isinstance(votes, bool) or not isinstance(votes, int):

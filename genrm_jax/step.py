@@ -24,10 +24,10 @@ from genrm_jax.config import ModelConfig
 
 @flax.struct.dataclass
 class TrainState:
-  """step: updates done. params: {"model": Gemma tree, "head": disc head (disc only)}.
+  """step: updates done. params: {"model": Gemma tree, **the objective's ``init_params``}.
 
-  ref_params: the frozen DPO reference (a model tree) or None; it rides in the state so that a
-  resumed run restores the very reference it started from.
+  ref_params: the objective's frozen reference (a model tree; DPO's pi_ref) or None; it rides in
+  the state so that a resumed run restores the very reference it started from.
   """
   step: jax.Array
   params: dict[str, Any]
@@ -39,18 +39,14 @@ def _replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def params_shardings(cfg: ModelConfig, obj: objectives.ObjectiveConfig, mesh: Mesh) -> dict:
-  out = {"model": model_lib.param_shardings(cfg, mesh)}
-  if obj.kind == "disc":
-    out["head"] = {"w": _replicated(mesh), "b": _replicated(mesh)}
-  return out
+def params_shardings(cfg: ModelConfig, objective: objectives.Objective, mesh: Mesh) -> dict:
+  return {"model": model_lib.param_shardings(cfg, mesh),
+          **objective.param_shardings(cfg, mesh)}
 
 
-def abstract_params(cfg: ModelConfig, obj: objectives.ObjectiveConfig) -> dict:
-  out = {"model": sharding.unbox(model_lib.abstract_params(cfg))}
-  if obj.kind == "disc":
-    out["head"] = jax.eval_shape(lambda: objectives.init_head(cfg))
-  return out
+def abstract_params(cfg: ModelConfig, objective: objectives.Objective) -> dict:
+  return {"model": sharding.unbox(model_lib.abstract_params(cfg)),
+          **jax.eval_shape(lambda: objective.init_params(cfg))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,25 +63,30 @@ class TrainSetup:
   batch_shardings: dict[str, NamedSharding]
   abstract_state: TrainState  # ShapeDtypeStructs carrying those shardings
 
+  @property
+  def objective(self) -> objectives.Objective:
+    return objectives.get(self.obj.kind)
+
 
 def make_setup(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.OptimConfig,
                mesh: Mesh) -> TrainSetup:
   tx = optim.optimizer(opt)
-  params = abstract_params(cfg, obj)
+  objective = objectives.get(obj.kind)
+  params = abstract_params(cfg, objective)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                         opt_state=jax.eval_shape(tx.init, params),
-                        ref_params=params["model"] if obj.kind == "dpo" else None)
-  p_shard = params_shardings(cfg, obj, mesh)
+                        ref_params=params["model"] if objective.frozen_reference else None)
+  p_shard = params_shardings(cfg, objective, mesh)
   opt_shard = optax.tree_map_params(
       tx, lambda _, s: s, abstract.opt_state, p_shard,
       transform_non_params=lambda _: _replicated(mesh))
   shardings = TrainState(step=_replicated(mesh), params=p_shard, opt_state=opt_shard,
-                         ref_params=p_shard["model"] if obj.kind == "dpo" else None)
+                         ref_params=p_shard["model"] if objective.frozen_reference else None)
   return TrainSetup(
       cfg=cfg, obj=obj, opt=opt, mesh=mesh, tx=tx, lr_at=optim.schedule(opt),
       state_shardings=shardings,
       batch_shardings={name: sharding.batch_sharding(mesh, ndim)
-                       for name, ndim in objectives.BATCH_FIELDS[obj.kind].items()},
+                       for name, (ndim, _) in objective.batch_fields.items()},
       abstract_state=jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings))
 
@@ -93,14 +94,12 @@ def make_setup(cfg: ModelConfig, obj: objectives.ObjectiveConfig, opt: optim.Opt
 def init_state(setup: TrainSetup, model_params: Any) -> TrainState:
   """A fresh state around ``model_params`` (already sharded or host arrays), laid out on the
   setup's mesh."""
-  cfg, obj = setup.cfg, setup.obj
+  objective = setup.objective
 
   def build(mp):
-    params = {"model": mp}
-    if obj.kind == "disc":
-      params["head"] = objectives.init_head(cfg)
+    params = {"model": mp, **objective.init_params(setup.cfg)}
     # The reference is a copy taken before any update: DPO's frozen pi_ref.
-    ref = jax.tree.map(jnp.copy, mp) if obj.kind == "dpo" else None
+    ref = jax.tree.map(jnp.copy, mp) if objective.frozen_reference else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=setup.tx.init(params), ref_params=ref)
 
@@ -176,7 +175,7 @@ def make_train_step(setup: TrainSetup, grad_accum: int = 1) -> Callable:
 def compiled_memory(setup: TrainSetup, batch_size: int, seq_len: int) -> tuple[int, int]:
   """(temporary bytes, arguments + outputs not aliased + temporaries) per device of the train
   step compiled for abstract inputs of that shape: XLA's peak without running anything."""
-  data = objectives.abstract_batch(setup.obj.kind, batch_size, seq_len, setup.batch_shardings)
+  data = setup.objective.abstract_batch(batch_size, seq_len, setup.batch_shardings)
   mem = make_train_step(setup).lower(setup.abstract_state, data).compile().memory_analysis()
   return mem.temp_size_in_bytes, (mem.argument_size_in_bytes + mem.output_size_in_bytes
                                   - mem.alias_size_in_bytes + mem.temp_size_in_bytes)

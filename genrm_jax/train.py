@@ -240,8 +240,9 @@ def batches(exp: Experiment, mesh, start_batch: int, vocab_path: str | None
     from genrm_jax import data  # pylint: disable=g-import-not-at-top
     tasks.register_all(exp.data.mixture)
     it = data.get_batches(exp.data.name, exp.data.split, vocab=vocab_path, **kw)
+  objective = objectives.get(exp.objective.kind)
   for local in it:
-    objectives.check_batch(exp.objective.kind, local)
+    objective.check_batch(local)
     yield distributed.global_batch(local, mesh)
 
 
@@ -326,7 +327,7 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
   in_main = threading.current_thread() is threading.main_thread()
   previous = (signal.signal(signal.SIGTERM, lambda sig, _: stop.update(signal=sig))
               if in_main else None)
-  rows = tc.batch_size * (2 if exp.objective.kind == "dpo" else 1)
+  rows = tc.batch_size * setup.objective.sequences_per_row
   flops = objectives.flops_per_example(exp.objective, cfg, exp.data.seq_len) * tc.batch_size
   peak = _peak_flops(tc)
   reporter = Reporter(workdir if tc.tensorboard else None, start, tc.num_steps, tc.log_every,
@@ -385,9 +386,8 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
 def write_model_dir(exp: Experiment, state: step_lib.TrainState, out: str,
                     vocab_path: str | None) -> str:
   extra: dict[str, Any] = {"objective": exp.objective.kind,
-                           "train": {"steps": int(state.step), "data": exp.data.name}}
-  if exp.objective.kind == "disc":
-    extra["disc_head"] = objectives.head_to_json(jax.device_get(state.params["head"]))
+                           "train": {"steps": int(state.step), "data": exp.data.name},
+                           **objectives.get(exp.objective.kind).model_dir_meta(state.params)}
   return checkpoint.save_model_dir(out, exp.model, state.params["model"],
                                    tokenizer_path=vocab_path, extra=extra, overwrite=True)
 

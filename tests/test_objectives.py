@@ -1,13 +1,19 @@
-"""Objective losses and scores against brute-force numpy on a tiny model's outputs."""
+"""Objective losses and scores against brute-force numpy on a tiny model's outputs, and a
+fourth objective defined in this file alone, trained and scored through the registry."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genrm_jax import config, model, objectives, sharding, synthetic
+from genrm_jax import checkpoint, config, data, model, objectives, optim, records, scoring
+from genrm_jax import sharding, synthetic, train, word_puzzles
+from genrm_jax import eval as eval_lib
+from genrm_jax import vocab as vocab_lib
 
 CFG = config.tiny(vocab_size=24, num_layers=1, embed_dim=16, hidden_dim=32, num_heads=2,
                   head_dim=8)
@@ -135,6 +141,134 @@ def test_check_batch_names_the_field():
   batch = synthetic.make_batch(0, batch_size=2, seq_len=8, objective="lm", vocab_size=24)
   del batch["verdict_weights"]
   with pytest.raises(ValueError, match="verdict_weights"):
-    objectives.check_batch("lm", batch)
+    objectives.get("lm").check_batch(batch)
   with pytest.raises(ValueError, match="kind='nope'"):
     objectives.ObjectiveConfig("nope")
+
+
+# ----------------------------------------------------------------------------- a fourth objective
+
+
+class _WeightedRows:
+  """The lm rows, one example a row, each carrying its record's weight on its tokens."""
+
+  def __init__(self, inner):
+    self.inner, self.stats = inner, inner.stats
+
+  def add(self, ex):
+    return [dict(r, example_weights=np.float32(ex["weight"]) * (r["segment_ids"] > 0))
+            for r in self.inner.add(ex)]
+
+  def flush(self):
+    return self.inner.flush()
+
+  def empty_row(self):
+    row = self.inner.empty_row()
+    return dict(row, example_weights=np.zeros(len(row["inputs"]), np.float32))
+
+
+class WeightedLM(objectives.LM):
+  """An objective defined here alone: lm whose records carry a weight scaling their loss."""
+
+  name = "weighted_lm"
+  passthrough = (*objectives.LM.passthrough, "weight")
+  batch_fields = {**objectives.LM.batch_fields, "example_weights": (2, np.float32)}
+  methods = (dataclasses.replace(objectives.LM.methods[0], name="weighted_genrm",
+                                 alias="weighted_direct"),)
+
+  def check_record(self, record, verdict):
+    if not isinstance(record.get("weight"), float) or record["weight"] < 0:
+      return f"weight must be a float >= 0, got {record.get('weight')!r}"
+    return super().check_record(record, verdict)
+
+  def columns(self, records, verdict):
+    return {**super().columns(records, verdict),
+            "weight": np.array([r["weight"] for r in records], np.float32)}
+
+  def converter(self, seq_len, vocab, pack):
+    del pack  # a row's weight is one example's
+    return _WeightedRows(super().converter(seq_len, vocab, pack=False))
+
+  def synthetic_batch(self, rng, batch_size, seq_len, vocab_size):
+    out = super().synthetic_batch(rng, batch_size, seq_len, vocab_size)
+    weights = rng.uniform(0.0, 2.0, size=(batch_size, 1)).astype(np.float32)
+    out["example_weights"] = np.broadcast_to(weights, (batch_size, seq_len)).copy()
+    return out
+
+  def loss_terms(self, oc, cfg):
+    lm_terms = super().loss_terms(oc, cfg)
+
+    def terms(params, batch, ref_params):
+      scaled = dict(batch, loss_weights=batch["loss_weights"] * batch["example_weights"])
+      return lm_terms(params, scaled, ref_params)
+    return terms
+
+
+@pytest.fixture
+def weighted_lm():
+  objective = objectives.register(WeightedLM())
+  yield objective
+  del objectives.REGISTRY[objective.name]
+
+
+def test_a_registered_objective_has_its_own_batches_and_loss(weighted_lm):
+  params = {"model": _params(8)}
+  batch = synthetic.make_batch(4, batch_size=B, seq_len=T, objective=weighted_lm.name,
+                               vocab_size=24)
+  weighted_lm.check_batch(batch)
+  assert len(set(batch["example_weights"][:, 0])) == B
+  terms = jax.jit(objectives.loss_terms_fn(objectives.ObjectiveConfig(weighted_lm.name), CFG))(
+      params, batch, None)
+  logits, _, _ = _forward(params["model"], batch["inputs"], batch["positions"],
+                          batch["segment_ids"])
+  lp = np.take_along_axis(_log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
+  w = batch["loss_weights"] * batch["example_weights"]
+  np.testing.assert_allclose(terms.loss / terms.weight, -(lp * w).sum() / w.sum(), rtol=1e-5)
+  with pytest.raises(ValueError, match="taken"):
+    objectives.register(WeightedLM())
+
+
+def test_a_registered_objective_trains_on_a_task_and_scores(weighted_lm, tmp_path):
+  """Its records, rows, train step, model directory and scoring method, with no edit elsewhere."""
+  cands = word_puzzles.candidates("last_letters", "train", problems_per_length=3,
+                                  samples_per_problem=2, seed=0)
+  # A weight a function of the text: a repeated record weighs the same.
+  recs = [dict(r, weight=0.5 + len(r["inputs"]) % 3) for r in records.verify(cands, "")]
+  assert len({r["weight"] for r in recs}) > 1
+  vocab = vocab_lib.train_char_vocab([r["inputs"] + r["targets"] for r in recs],
+                                     str(tmp_path / "v.model"))
+  data.register_task("weighted_verify", weighted_lm.name, lambda split: recs, ["train"],
+                     verdict=True)
+  rows = next(data.get_batches("weighted_verify", "train", batch_size=len(recs), seq_len=384,
+                               objective=weighted_lm.name, repeat=False, vocab=vocab))
+  weight_of = {r["inputs"]: r["weight"] for r in recs}
+  assert rows["segment_ids"].any(axis=1).all()  # one example a row, none dropped
+  for i in range(len(recs)):
+    real = rows["segment_ids"][i] > 0
+    prompt = vocab.sp.decode(rows["inputs"][i][1:int(np.argmax(rows["loss_weights"][i])) + 1]
+                             .tolist())
+    np.testing.assert_array_equal(rows["example_weights"][i], weight_of[prompt] * real)
+
+  exp = train.Experiment(
+      model=config.tiny(vocab_size=vocab.vocab_size, num_layers=1, embed_dim=16, hidden_dim=32,
+                        num_heads=2, head_dim=8),
+      train=train.TrainConfig(batch_size=4, num_steps=3, log_every=1, checkpoint_every=3,
+                              tensorboard=False),
+      data=train.DataConfig(name="weighted_verify", seq_len=384, vocab_path=vocab.path),
+      optim=optim.OptimConfig(peak_lr=1e-3, warmup_steps=1, decay_steps=3),
+      objective=objectives.ObjectiveConfig(kind=weighted_lm.name))
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  result = train.run(exp, str(tmp_path / "run"), mesh=mesh)
+  assert len(result.history) == 3 and all(np.isfinite(h["loss"]) for h in result.history)
+  assert checkpoint.read_meta(result.model_dir)["objective"] == weighted_lm.name
+
+  spec = eval_lib.parse_verifier(f"w={result.model_dir}:weighted_direct")
+  method = eval_lib.method_names()[spec.method]
+  assert method == "weighted_genrm"
+  verifier = scoring.load_verifier(result.model_dir, method)
+  questions, solutions = [c["question"] for c in cands], [c["solution"] for c in cands]
+  got = verifier.score(method, questions, solutions, scoring.ScoringConfig(instruction=""))
+  want = scoring.score("genrm", verifier.cfg, verifier.params, verifier.vocab, questions,
+                       solutions, scoring.ScoringConfig(instruction=""))
+  np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+  assert np.all((got.scores > 0) & (got.scores < 1))

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from genrm_jax import formats, model, sampler, scoring, sharding
+from genrm_jax import formats, model, sampler, scoring, scoring_passes, sharding
 from genrm_jax import vocab as vocab_lib
 from tests import tiny_lm
 
@@ -152,7 +152,7 @@ def test_scoring_reports_progress_per_chunk():
   """``reporting_to`` hears of every item once, a chunk at a time, and nothing outside it."""
   got = []
   with scoring.reporting_to(got.append):
-    chunks = list(scoring._chunks(["a", "b", "a", "c", "b"], 2, 4))  # pylint: disable=protected-access
+    chunks = list(scoring_passes.chunks(["a", "b", "a", "c", "b"], 2, 4))
   assert chunks == [[0, 2], [1, 4], [3]] and got == [2, 2, 1]
-  list(scoring._chunks(["a"], 1, 4))  # pylint: disable=protected-access
+  list(scoring_passes.chunks(["a"], 1, 4))
   assert got == [2, 2, 1]

@@ -1,0 +1,178 @@
+"""``disc``: the discriminative reward model, a scalar head on the final hidden state.
+
+The head reads the last real token of ``records.discriminative``'s text (question + solution);
+the loss is binary cross-entropy on correct (1) / incorrect (0), plus an optional z-loss
+``z_loss * log(1 + e^s)^2`` (the squared log partition function of the logits (0, s); the
+paper's appendix reports 1e-4) that keeps the score from drifting. It never unembeds. Records
+{"inputs", "label"} -> batch "labels" (1.0 = correct solution); one example a row, never packed.
+Score (``disc``): the head's logit s. The model directory's metadata carries the head
+(``disc_head``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from genrm_jax import records, sampler
+from genrm_jax import scoring_passes as passes
+from genrm_jax.config import ModelConfig
+from genrm_jax.objectives import base, rows
+
+_META_KEY = "disc_head"
+
+
+def init_head(cfg: ModelConfig) -> dict[str, jax.Array]:
+  """The head: zeros, so every solution starts at score 0 (p = 0.5)."""
+  return {"w": jnp.zeros((cfg.embed_dim,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+
+
+def disc_score(hidden: jax.Array, head: dict[str, jax.Array], score_index: jax.Array
+               ) -> jax.Array:
+  """The logit [B] from final hidden states [B, T, D] at ``score_index``."""
+  last = jnp.take_along_axis(hidden, score_index[:, None, None], axis=1)[:, 0]  # [B, D]
+  return jnp.einsum("BD,D->B", last.astype(jnp.float32), head["w"]) + head["b"]
+
+
+def head_to_json(head: dict[str, Any]) -> dict[str, Any]:
+  """The head as JSON for the model directory's metadata (float32 round-trips exactly)."""
+  return {"w": [float(x) for x in np.asarray(head["w"], np.float32)],
+          "b": float(np.asarray(head["b"], np.float32))}
+
+
+def head_from_json(d: dict[str, Any]) -> dict[str, jax.Array]:
+  return {"w": jnp.asarray(d["w"], jnp.float32), "b": jnp.asarray(d["b"], jnp.float32)}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _text(question: str, solution: str, instruction: str) -> str:
+  (rec,) = records.discriminative([{"question": question, "solution": solution,
+                                    "correct": False}], instruction)
+  return rec["inputs"]
+
+
+def _score(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
+           solutions: Sequence[str], opts: passes.ScoringConfig, *, seed: int, mesh,
+           head: dict | None = None) -> passes.ScoreResult:
+  """The head's logit at the solution's last token."""
+  del seed
+  if head is None:
+    raise ValueError("score: method 'disc' needs the classifier head (head=...)")
+  codec = sampler.as_codec(vocab)
+  seqs = [codec.prompt_ids(_text(q, s, opts.instruction)) for q, s in zip(questions, solutions)]
+  scores = np.zeros(len(seqs))
+  for chunk in passes.chunks(questions, 1, opts.max_rows):
+    sub = [seqs[i] for i in chunk]
+    _, out, _ = passes.prefill(cfg, params, sub, [questions[i] for i in chunk],
+                               [len(s) - 1 for s in sub], share=opts.share_prefix,
+                               read_ids=(0,), mesh=mesh)
+    hidden = out["last_hidden"][:, None, :]  # [M, 1, D]: the last token is the only one
+    scores[chunk] = np.asarray(disc_score(hidden, head, np.zeros(len(sub), np.int32)))
+  return passes.ScoreResult(scores, tokens=sum(map(len, seqs)))
+
+
+def _context(codec, question: str, solution: str, opts: passes.ScoringConfig) -> int:
+  return len(codec.prompt_ids(_text(question, solution, opts.instruction)))
+
+
+def _sigmoid(scores: np.ndarray) -> np.ndarray:
+  return 1.0 / (1.0 + np.exp(-scores))
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+class _Rows(rows.Converter):
+  """One example a row: [BOS] inputs, scored at its last token."""
+
+  def add(self, ex: dict[str, np.ndarray]) -> list[rows.Row]:
+    seq = np.concatenate([[self.bos], ex["inputs"]]).astype(np.int32)
+    if len(seq) > self.seq_len:
+      self.too_long(truncated=False)
+      return []
+    self.stats.examples += 1
+    self.stats.tokens += len(seq)
+    row = {k: np.zeros(self.seq_len, np.int32) for k in ("inputs", "positions", "segment_ids")}
+    row["inputs"][:len(seq)] = seq
+    row["positions"][:len(seq)] = np.arange(len(seq))
+    row["segment_ids"][:len(seq)] = 1
+    row["score_index"] = np.int32(len(seq) - 1)
+    row["labels"] = np.float32(ex["label"])
+    return [row]
+
+  def empty_row(self) -> rows.Row:
+    z = np.zeros(self.seq_len, np.int32)
+    return {"inputs": z, "positions": z, "segment_ids": z, "score_index": np.int32(0),
+            "labels": np.float32(0)}
+
+
+# ----------------------------------------------------------------------------- the objective
+
+
+class Discriminative(base.Objective):
+  """The discriminative reward model (see the module docstring)."""
+
+  name = "disc"
+  text_fields = {"inputs": False}
+  passthrough = ("label",)
+  batch_fields = {"inputs": (2, np.int32), "positions": (2, np.int32),
+                  "segment_ids": (2, np.int32), "score_index": (1, np.int32),
+                  "labels": (1, np.float32)}
+  methods = (base.Method("disc", "discriminative", _score, _context, probability=_sigmoid),)
+
+  def check_record(self, record: dict[str, Any], verdict: bool) -> str | None:
+    if record.get("label") not in (0, 1, 0.0, 1.0, True, False):
+      return f"label must be 0/1, got {record.get('label')!r}"
+    return None
+
+  def columns(self, records: list[dict[str, Any]], verdict: bool) -> dict[str, np.ndarray]:
+    return {"label": np.array([float(r["label"]) for r in records], np.float32)}
+
+  def converter(self, seq_len: int, vocab: Any, pack: bool) -> rows.Converter:
+    return _Rows(seq_len, vocab)
+
+  def synthetic_batch(self, rng: np.random.Generator, batch_size: int, seq_len: int,
+                      vocab_size: int) -> dict[str, np.ndarray]:
+    """Label 1 when the last real token lies in the lower half of the vocabulary."""
+    b, t = batch_size, seq_len
+    mid = (rows.FIRST_CONTENT_ID + vocab_size) // 2
+    copied = rows.copy_rows(rng, b, t, (rows.FIRST_CONTENT_ID, vocab_size), copy=True)
+    lengths = rng.integers(t // 2 + 1, t + 1, size=b)
+    real = np.arange(t)[None, :] < lengths[:, None]
+    return {"inputs": np.where(real, copied["inputs"], 0).astype(np.int32),
+            "positions": copied["positions"], "segment_ids": real.astype(np.int32),
+            "score_index": (lengths - 1).astype(np.int32),
+            "labels": (copied["inputs"][np.arange(b), lengths - 1] < mid).astype(np.float32)}
+
+  def init_params(self, cfg: ModelConfig) -> dict[str, Any]:
+    return {"head": init_head(cfg)}
+
+  def loss_terms(self, oc: base.ObjectiveConfig, cfg: ModelConfig) -> base.LossFn:
+    def terms(params, batch, ref_params) -> base.Terms:
+      del ref_params
+      hidden = base.hidden_states(cfg, params["model"], batch["inputs"], batch["positions"],
+                                  batch["segment_ids"])
+      score = disc_score(hidden, params["head"], batch["score_index"])
+      labels = batch["labels"].astype(jnp.float32)
+      loss = optax.sigmoid_binary_cross_entropy(score, labels)
+      loss += oc.disc_z_loss * jnp.square(jax.nn.softplus(score))
+      hit = ((score > 0) == (labels > 0.5)).astype(jnp.float32)
+      n = jnp.asarray(labels.shape[0], jnp.float32)
+      return base.Terms(jnp.sum(loss), n, jnp.sum(hit), n)
+    return terms
+
+  def model_dir_meta(self, params: dict[str, Any]) -> dict[str, Any]:
+    return {_META_KEY: head_to_json(jax.device_get(params["head"]))}
+
+  def scoring_params(self, meta: dict[str, Any], model_dir: str, what: str) -> dict[str, Any]:
+    if _META_KEY not in meta:
+      raise ValueError(f"{what}: {model_dir} has no {_META_KEY}: method "
+                       f"{self.methods[0].name} needs a model trained with the {self.name} "
+                       "objective")
+    return {"head": head_from_json(meta[_META_KEY])}
