@@ -88,9 +88,11 @@ class PipelineConfig:
   policy_steps: int = 500
   policy_decay_steps: int = 1000
   verifier_steps: int = 300
-  # Layers the verifiers add on top of the policy's (identity maps at first, see
-  # train.append_identity_layers).
-  verifier_add_layers: int = 0
+  # Layers the verifiers add on top of the policy's 3 (identity maps at first, see
+  # train.append_identity_layers). With the policy's depth alone, GenRM could not fit its own
+  # hard negatives (10-33% rejected after 300 steps): comparing an answer letter with the step
+  # it copies, then carrying the mismatch to the verdict, takes more layers than copying does.
+  verifier_add_layers: int = 3
   # Test pool: problems of the test length, N samples each; the paper's GSM8K N is 16.
   test_problems: int = 128
   # Words per test problem. The verifiers also train on this length, on other problems (a hash
