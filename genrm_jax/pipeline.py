@@ -23,7 +23,10 @@ files from ``gin_configs/pipeline/`` and this module's settings (a training stag
                                L-word problems, longer than any verifier's training problem
 
 A stage whose output exists is skipped, so an interrupted pipeline resumes where it stopped (the
-trainer itself resumes from its checkpoints). Same seed, same table.
+trainer itself resumes from its checkpoints), and a run that changes only later stages (say the
+verifiers' depth) reuses the earlier ones; ``stages.json`` records what settings made each stage,
+and a stage made with other settings than the run asks for stops the run with the fields named.
+Same seed, same table.
 """
 
 from __future__ import annotations
@@ -138,6 +141,30 @@ class StageFailed(RuntimeError):
   """A stage ended with an error status or without its output (its own error line came first)."""
 
 
+# The PipelineConfig fields each stage's output depends on (through the stages before it): a
+# stage found done is reused only if these are what made it. Without the check, a folder from
+# another configuration silently fed its policy and samples into a new run's table.
+_VOCAB = frozenset({"task", "seed", "vocab_phrases"})
+_POLICY = _VOCAB | {"model_gin", "policy_gin", "policy_steps", "policy_decay_steps",
+                    "extra_bindings"}
+_SAMPLING = _POLICY | {"temperature", "max_solution_tokens"}
+_TEST = _SAMPLING | {"test_problems", "test_length", "num_samples"}
+_VERIFIER_DATA = _SAMPLING | {"verifier_lengths", "train_problems_per_length", "train_samples",
+                              "max_per_class", "balance", "hard_negatives"}
+_VERIFIER = _VERIFIER_DATA | {"verifier_steps", "verifier_add_layers", "rationale_style"}
+_SCORING = {"cot_votes", "max_rationale_tokens", "rationale_temperature", "verifiers"}
+_LONGER_TEST = _SAMPLING | {"test_problems", "longer_test_length", "num_samples"}
+STAGE_SETTINGS = {
+    "vocabulary": _VOCAB, "policy": _POLICY, "test candidates": _TEST,
+    "verifier candidates": _SAMPLING | {"verifier_lengths", "train_problems_per_length",
+                                        "train_samples"},
+    "verifier data": _VERIFIER_DATA, "verifier": _VERIFIER,
+    "evaluation": _VERIFIER | _TEST | _SCORING, "longer test candidates": _LONGER_TEST,
+    "longer evaluation": _VERIFIER | _LONGER_TEST | _SCORING,
+}
+SETTINGS_FILE = "stages.json"  # in the run folder: each finished stage's settings
+
+
 class Runner:
   """Runs the stages in order, skipping those already done, and times them."""
 
@@ -150,8 +177,31 @@ class Runner:
   def path(self, *parts: str) -> str:
     return os.path.join(self.out, *parts)
 
-  def stage(self, name: str, done: str, fn: Callable[[], int | None]) -> None:
+  def settings(self, kind: str) -> dict[str, Any]:
+    """The fields of ``STAGE_SETTINGS[kind]`` as JSON stores them (tuples become lists)."""
+    return json.loads(json.dumps({f: getattr(self.pc, f) for f in sorted(STAGE_SETTINGS[kind])}))
+
+  def recorded(self) -> dict[str, Any]:
+    path = self.path(SETTINGS_FILE)
+    if not os.path.exists(path):
+      return {}
+    with open(path) as f:
+      return json.load(f)
+
+  def stage(self, name: str, done: str, fn: Callable[[], int | None], kind: str) -> None:
+    want = self.settings(kind)
     if os.path.exists(done):
+      made = self.recorded().get(name)
+      if made is None:
+        print(f"== {name}: done already ({done}; its settings were not recorded, so not checked)",
+              flush=True)
+        return
+      changed = [f"{k}={made.get(k)!r} there, {v!r} now" for k, v in want.items()
+                 if made.get(k) != v]
+      if changed:
+        raise StageFailed(
+            f"{done} was made with other settings ({'; '.join(changed)}): use another --out, "
+            f"or delete it and the stages after it to redo them")
       print(f"== {name}: done already ({done})", flush=True)
       return
     print(f"== {name}", flush=True)
@@ -164,6 +214,8 @@ class Runner:
     if not os.path.exists(done):
       raise StageFailed(f"pipeline stage {name!r} did not produce {done}")
     self.timings[name] = time.time() - t0
+    files.write_atomic(self.path(SETTINGS_FILE),
+                       json.dumps({**self.recorded(), name: want}, indent=2))
     print(f"== {name}: {self.timings[name]:.0f} s", flush=True)
 
   def experiment(self, gin_file: str, data: str, steps: int, decay_steps: int | None = None,
@@ -271,21 +323,22 @@ class Runner:
     vocab_path = self.path("vocab.model")
     self.stage("a. task vocabulary", vocab_path, lambda: vocab_lib.train_char_vocab(
         word_puzzles.texts_for_vocab(pc.task, seed=pc.seed), vocab_path,
-        phrases=formats.PHRASES if pc.vocab_phrases else ()) and 0)
+        phrases=formats.PHRASES if pc.vocab_phrases else ()) and 0, "vocabulary")
     self.stage("b. train the policy (SFT on correct solutions)", self.path("policy", "model"),
                lambda: self.train_stage(self.path("policy"), pc.policy_gin,
                                         f"{pc.task}_policy_sft", pc.policy_steps,
-                                        pc.policy_decay_steps))
+                                        pc.policy_decay_steps), "policy")
     test_cands = self.path("test_candidates.jsonl")
     self.stage("c. sample test candidates", test_cands,
-               lambda: self.sample("test", pc.test_problems, pc.num_samples, test_cands))
+               lambda: self.sample("test", pc.test_problems, pc.num_samples, test_cands),
+               "test candidates")
     train_cands = self.path("train_candidates.jsonl")
     self.stage("d. sample verifier training candidates", train_cands,
                lambda: self.sample("train", pc.train_problems_per_length, pc.train_samples,
-                                   train_cands))
+                                   train_cands), "verifier candidates")
     verifier_data = self.path("verifier_data.jsonl")
     self.stage("e. select the verifier data", verifier_data,
-               lambda: self.select_verifier_data(train_cands, verifier_data))
+               lambda: self.select_verifier_data(train_cands, verifier_data), "verifier data")
     recipes = [v for v in VERIFIERS if v.name in pc.verifiers]
     for recipe in recipes:
       workdir = self.path("verifiers", recipe.name)
@@ -293,20 +346,20 @@ class Runner:
                  lambda recipe=recipe, workdir=workdir: self.train_stage(
                      workdir, recipe.gin_file, recipe.data, pc.verifier_steps,
                      init_from=f"genrm:{self.path('policy')}", objective=recipe.objective,
-                     mixture=self.mixture(), add_layers=pc.verifier_add_layers))
+                     mixture=self.mixture(), add_layers=pc.verifier_add_layers), "verifier")
     eval_dir = self.path("eval")
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
-               lambda: self.evaluate(recipes, test_cands, eval_dir))
+               lambda: self.evaluate(recipes, test_cands, eval_dir), "evaluation")
     if pc.longer_test_length:
       longer = pc.longer_test_length
       longer_cands = self.path(f"test_candidates_{longer}_words.jsonl")
       self.stage(f"h. sample test candidates of {longer} words", longer_cands,
                  lambda: self.sample("test", pc.test_problems, pc.num_samples, longer_cands,
-                                     longer))
+                                     longer), "longer test candidates")
       longer_dir = self.path(f"eval_{longer}_words")
       self.stage(f"i. Best-of-N evaluation at {longer} words (the paper's split)",
                  os.path.join(longer_dir, "results.json"),
-                 lambda: self.evaluate(recipes, longer_cands, longer_dir))
+                 lambda: self.evaluate(recipes, longer_cands, longer_dir), "longer evaluation")
     with open(os.path.join(eval_dir, "results.json")) as f:
       results = json.load(f)
     files.write_atomic(self.path("timings.json"), json.dumps(self.timings, indent=2))

@@ -91,3 +91,40 @@ def test_a_stopped_training_stage_says_so_and_keeps_its_checkpoints(tmp_path, mo
     runner.train_stage(str(tmp_path / "policy"), "policy.gin", "data", 7)
   monkeypatch.setattr(train, "launch", lambda exp, workdir, config: 1)
   assert runner.train_stage(str(tmp_path / "policy"), "policy.gin", "data", 7) == 1
+
+
+def test_every_setting_belongs_to_a_stage():
+  covered = set().union(*pipeline.STAGE_SETTINGS.values())
+  fields = {f.name for f in pipeline.dataclasses.fields(pipeline.PipelineConfig)}
+  assert fields - covered == {"out"}, "a PipelineConfig field no stage depends on"
+  assert covered <= fields
+
+
+def test_a_stage_made_with_other_settings_is_not_reused(tmp_path, capsys):
+  """A done stage is reused only under the settings that made it, and says which differ."""
+  done = tmp_path / "policy" / "model"
+
+  def make():
+    done.mkdir(parents=True)
+    calls.append(1)
+
+  calls: list[int] = []
+  pc = pipeline.parse_config(["pipeline/quick.gin"], [], str(tmp_path))
+  pipeline.Runner(pc).stage("b. policy", str(done), make, "policy")
+  assert calls == [1]
+  recorded = json.loads((tmp_path / pipeline.SETTINGS_FILE).read_text())
+  assert recorded["b. policy"]["policy_steps"] == 30
+  # Settings of later stages only: reused.
+  later = pipeline.dataclasses.replace(pc, verifier_add_layers=3, cot_votes=8)
+  pipeline.Runner(later).stage("b. policy", str(done), make, "policy")
+  assert calls == [1] and "done already" in capsys.readouterr().out
+  # A setting the policy depends on: refused, naming the field and both values.
+  longer = pipeline.dataclasses.replace(pc, policy_steps=500)
+  with pytest.raises(pipeline.StageFailed, match=r"policy/model was made with other settings "
+                     r"\(policy_steps=30 there, 500 now\)"):
+    pipeline.Runner(longer).stage("b. policy", str(done), make, "policy")
+  assert calls == [1] and done.exists()
+  # A folder from before settings were recorded: reused, saying it was not checked.
+  (tmp_path / pipeline.SETTINGS_FILE).unlink()
+  pipeline.Runner(longer).stage("b. policy", str(done), make, "policy")
+  assert calls == [1] and "not checked" in capsys.readouterr().out
