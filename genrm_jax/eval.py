@@ -420,8 +420,6 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierArg],
     notes.append("no verifier: only the model-free rows; pass --verifier NAME=MODEL_DIR:METHOD "
                  f"(METHOD in {', '.join(m.alias for _, m in scoring.methods().values())}) or "
                  "--scores_file for Best-of-N rows")
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(res, f, indent=2)
   files.write_jsonl(os.path.join(out, "scores.jsonl"), _scores_lines(pools, scores))
   sizes = [len(p) for p in pools]
   meta = {"task": ec.task, "candidates": cand_file if ec.candidates else "candidates.jsonl",
@@ -430,8 +428,7 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierArg],
           "verifiers": [dataclasses.asdict(s) for s in specs], "notes": notes,
           "config": dataclasses.asdict(ec), "processes": jax.process_count(),
           "seconds": time.time() - t0}
-  with open(os.path.join(out, "meta.json"), "w") as f:
-    json.dump(meta, f, indent=2)
+  files.write_atomic(os.path.join(out, "meta.json"), strict_json(meta))
   title = f"{ec.task}: {len(pools)} problems, {min(sizes)}-{max(sizes)} candidates each"
   plots.best_of_n(res["best_of_n"], os.path.join(out, "best_of_n.png"), title)
   compute = [m for m in res["tokens_per_problem"]
@@ -442,8 +439,24 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierArg],
   calibrated = {n: d["reliability"] for n, d in diagnostics.items() if "reliability" in d}
   if calibrated:
     plots.reliability(calibrated, os.path.join(out, "reliability.png"), ec.task)
+  # Last, and whole or not at all: the pipeline takes an existing results.json as a finished stage.
+  files.write_atomic(os.path.join(out, "results.json"), strict_json(res))
   res["notes"] = notes
   return res
+
+
+def strict_json(obj) -> str:
+  """JSON that strict parsers (jq, JavaScript) read: NaN and infinities (an empty reliability bin,
+  an AUC without both classes) become null instead of Python's bare ``NaN``."""
+  def clean(x):
+    if isinstance(x, float) and not math.isfinite(x):
+      return None
+    if isinstance(x, dict):
+      return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [clean(v) for v in x]
+    return x
+  return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
 def _first_vocab(specs: Sequence[VerifierArg]) -> vocab_lib.Vocab | None:
