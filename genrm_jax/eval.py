@@ -438,7 +438,8 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierArg],
                              os.path.join(out, "accuracy_vs_tokens.png"), title)
   calibrated = {n: d["reliability"] for n, d in diagnostics.items() if "reliability" in d}
   if calibrated:
-    plots.reliability(calibrated, os.path.join(out, "reliability.png"), ec.task)
+    plots.reliability(calibrated, os.path.join(out, "reliability.png"), ec.task,
+                      list(res["best_of_n"]))
   # Last, and whole or not at all: the pipeline takes an existing results.json as a finished stage.
   files.write_atomic(os.path.join(out, "results.json"), strict_json(res))
   res["notes"] = notes
