@@ -84,7 +84,8 @@ def load_model_dir(path: str, mesh=None, cfg_overrides: dict[str, Any] | None = 
     shardings = model_lib.unscan_params(model_lib.param_shardings(stored, mesh), stored)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-  params = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), abstract)
+  # Orbax refuses relative paths; a model directory given relative to the working directory is fine.
+  params = ocp.StandardCheckpointer().restore(os.path.join(files.abspath(path), "params"), abstract)
   params = model_lib.scan_params(params, cfg)
   return cfg, params, meta
 

@@ -203,6 +203,15 @@ def _model_dir(tmp_path, name, vocab_path, vocab_size):
   return checkpoint.save_model_dir(str(tmp_path / name), cfg, params, tokenizer_path=vocab_path)
 
 
+def test_a_model_directory_loads_from_a_relative_path(tmp_path, monkeypatch):
+  vocab = vocab_lib.train_char_vocab(["abc Yes No"], str(tmp_path / "v.model"))
+  _model_dir(tmp_path, "verifier", vocab.path, vocab.vocab_size)
+  _, want, _ = checkpoint.load_model_dir(str(tmp_path / "verifier"))
+  monkeypatch.chdir(tmp_path)
+  _, got, _ = checkpoint.load_model_dir("verifier")
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
 def test_verifier_vocabulary_mismatch_is_an_error(tmp_path, capsys):
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   good = vocab_lib.train_char_vocab(["abc Yes No"], str(tmp_path / "v.model"))
