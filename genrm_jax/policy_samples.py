@@ -80,8 +80,9 @@ def generate(gc: GenerateConfig, sc: sampler.SamplerConfig) -> list[dict[str, An
   """Candidate records: ``gc.num_samples`` checked samples of every problem."""
   task = task_rules.get_task(gc.task)
   mesh = cli.mesh(gc.mesh)
-  cfg, params, _, vocab = checkpoint.load_model_and_vocab(gc.checkpoint, mesh,
-                                                          what="policy checkpoint")
+  cfg, params, meta, vocab = checkpoint.load_model_and_vocab(gc.checkpoint, mesh,
+                                                             what="policy checkpoint")
+  task_rules.check_trained_task(meta, gc.task, f"policy checkpoint {gc.checkpoint}")
   problems = load_problems(gc)
   out = []
   with progress.Progress("sampling", len(problems), "problems",

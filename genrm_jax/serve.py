@@ -43,6 +43,7 @@ import jax
 import uvicorn
 from starlette.responses import JSONResponse, Response
 
+from genrm_jax import checkpoint
 from genrm_jax import cli
 from genrm_jax import sampler
 from genrm_jax import scoring
@@ -140,6 +141,7 @@ class ModelScorer:
 
   def __init__(self, sc: ServeConfig):
     mesh = cli.mesh(sc.mesh, devices=jax.local_devices())
+    task_rules.check_trained_task(checkpoint.read_meta(sc.model), sc.task, f"--model {sc.model}")
     self.verifier = scoring.load_verifier(sc.model, sc.method, mesh, what=f"--model {sc.model}")
     self.opts = cli.configure(scoring.ScoringConfig,
                               instruction=task_rules.get_task(sc.task).instruction,

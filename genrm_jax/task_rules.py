@@ -46,3 +46,27 @@ def get_task(name: str) -> Task:
   if name not in TASKS:
     raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
   return TASKS[name]
+
+
+# Candidate tasks of your own policy's samples (tasks.algorithmic.register_policy_candidates):
+# their names do not say the task, their mixture does.
+POLICY_PREFIX = "policy_"
+
+
+def trained_task(data_name: str, candidates_task: str = "") -> str | None:
+  """The task whose prompts a model trained on seqio task/mixture ``data_name`` saw, when the name
+  (or, for ``policy_*`` data, ``candidates_task``) says; None for data of unknown origin."""
+  if data_name.startswith(POLICY_PREFIX):
+    return candidates_task or None
+  return next((t for t in TASKS if data_name.startswith(f"{t}_")), None)
+
+
+def check_trained_task(meta: dict, task: str, what: str) -> None:
+  """An error when a model directory's metadata says it was trained on prompts of a task whose
+  instruction differs from ``task``'s: scored or sampled as ``task``, it would see prompts it was
+  never trained on, and say so only through bad numbers."""
+  trained = meta.get("train", {}).get("task")
+  if trained in TASKS and get_task(trained).instruction != get_task(task).instruction:
+    raise ValueError(f"{what}: trained on {trained} prompts (its train.task), but the task is "
+                     f"{task!r}, whose prompts carry another instruction: use --task {trained}")
+

@@ -37,6 +37,7 @@ from genrm_jax import records
 from genrm_jax import sharding
 from genrm_jax import step as step_lib
 from genrm_jax import synthetic
+from genrm_jax import task_rules
 from genrm_jax import vocab as vocab_lib
 from genrm_jax.train_log import Reporter
 
@@ -385,8 +386,11 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
 
 def write_model_dir(exp: Experiment, state: step_lib.TrainState, out: str,
                     vocab_path: str | None) -> str:
-  extra: dict[str, Any] = {"objective": exp.objective.kind,
-                           "train": {"steps": int(state.step), "data": exp.data.name},
+  trained = {"steps": int(state.step), "data": exp.data.name}
+  task = task_rules.trained_task(exp.data.name, exp.data.mixture.candidates_task)
+  if task:
+    trained["task"] = task
+  extra: dict[str, Any] = {"objective": exp.objective.kind, "train": trained,
                            **objectives.get(exp.objective.kind).model_dir_meta(state.params)}
   return checkpoint.save_model_dir(out, exp.model, state.params["model"],
                                    tokenizer_path=vocab_path, extra=extra, overwrite=True)

@@ -203,6 +203,35 @@ def _model_dir(tmp_path, name, vocab_path, vocab_size):
   return checkpoint.save_model_dir(str(tmp_path / name), cfg, params, tokenizer_path=vocab_path)
 
 
+def test_a_verifier_trained_on_another_task_is_refused(tmp_path, capsys):
+  """A last-letters verifier scored as GSM8K would get the GSM8K instruction it never saw."""
+  vocab = vocab_lib.train_char_vocab(["abc Yes No"], str(tmp_path / "v.model"))
+  model_dir = _model_dir(tmp_path, "verifier", vocab.path, vocab.vocab_size)
+  meta_path = tmp_path / "verifier" / checkpoint.META_FILE
+  meta = json.loads(meta_path.read_text())
+  meta_path.write_text(json.dumps({**meta, "train": {"data": "policy_genrm", "task": "last_letters"}}))
+  src = tmp_path / "c.jsonl"
+  src.write_text(json.dumps(_rec(1, 0)) + "\n")
+  with pytest.raises(SystemExit):
+    eval_cli.main(["--task", "gsm8k", "--candidates", str(src), "--out", str(tmp_path / "o"),
+                   "--verifier", f"v={model_dir}:direct"])
+  assert re.search(r"verifier v .*trained on last_letters prompts .*use --task last_letters",
+                   capsys.readouterr().err)
+  assert not (tmp_path / "o").exists()
+
+
+def test_the_task_a_model_trained_on():
+  assert task_rules.trained_task("policy_genrm", "word_sorting") == "word_sorting"
+  assert task_rules.trained_task("last_letters_policy_sft") == "last_letters"
+  assert task_rules.trained_task("gsm8k_genrm_cot") == "gsm8k"
+  assert task_rules.trained_task("mine_genrm") is None
+  # Same instruction (none): a word-sorting verifier may score last letters.
+  task_rules.check_trained_task({"train": {"task": "word_sorting"}}, "last_letters", "x")
+  task_rules.check_trained_task({}, "gsm8k", "x")
+  with pytest.raises(ValueError, match="x: trained on gsm8k prompts"):
+    task_rules.check_trained_task({"train": {"task": "gsm8k"}}, "word_sorting", "x")
+
+
 def test_a_model_directory_loads_from_a_relative_path(tmp_path, monkeypatch):
   vocab = vocab_lib.train_char_vocab(["abc Yes No"], str(tmp_path / "v.model"))
   _model_dir(tmp_path, "verifier", vocab.path, vocab.vocab_size)

@@ -60,6 +60,7 @@ def test_lm_loss_falls_on_a_tiny_mixture_and_writes_model_dir(tmp_path):
   assert any(np.isfinite(x["accuracy"]) for x in h)  # the mixture has verdict tokens
   cfg, params, meta = checkpoint.load_model_dir(result.model_dir)
   assert cfg == exp.model and meta["objective"] == "lm"
+  assert meta["train"] == {"steps": 20, "data": "last_letters_genrm", "task": "last_letters"}
   assert checkpoint.tokenizer_path(result.model_dir)
   np.testing.assert_array_equal(params["final_norm"]["scale"],
                                 result.state.params["model"]["final_norm"]["scale"])
