@@ -95,6 +95,13 @@ def tokenizer_path(path: str) -> str | None:
   return str(p) if p.exists() else None
 
 
+def model_meta(model_dir: str, what: str = "checkpoint") -> dict[str, Any]:
+  """A model directory's metadata; a missing directory is an error naming ``what``."""
+  if not epath.Path(model_dir).is_dir():
+    raise FileNotFoundError(f"{what} {model_dir}: the directory does not exist")
+  return read_meta(model_dir)
+
+
 def load_model_and_vocab(model_dir: str, mesh=None, need_verdict: bool = False,
                          what: str = "checkpoint"):
   """(cfg, params, meta, vocab) of a model directory whose vocabulary fits its embedding; errors
@@ -102,9 +109,7 @@ def load_model_and_vocab(model_dir: str, mesh=None, need_verdict: bool = False,
 
   ``need_verdict``: " Yes" / " No" must be single tokens (GenRM scoring reads their probability).
   """
-  if not epath.Path(model_dir).is_dir():
-    raise FileNotFoundError(f"{what} {model_dir}: the directory does not exist")
-  meta_cfg = read_meta(model_dir)["model"]
+  meta_cfg = model_meta(model_dir, what)["model"]
   tok = tokenizer_path(model_dir)
   if tok is None:
     raise FileNotFoundError(f"{what} {model_dir} has no {TOKENIZER_FILE}")

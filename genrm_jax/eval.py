@@ -485,8 +485,9 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateCo
   if len({s.name for s in specs}) < len(specs):
     raise ValueError(f"verifier names must be distinct: {[s.name for s in specs]}")
   for s in specs:
-    task_rules.check_trained_task(checkpoint.read_meta(s.model_dir), ec.task,
-                                  f"verifier {s.name} ({s.model_dir})")
+    what = f"verifier {s.name}"
+    task_rules.check_trained_task(checkpoint.model_meta(s.model_dir, what), ec.task,
+                                  f"{what} {s.model_dir}")
   if bool(ec.candidates) == bool(ec.policy):
     raise ValueError("give exactly one of --candidates FILE and --policy MODEL_DIR")
   if ec.policy and jax.process_count() > 1:

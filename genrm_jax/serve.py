@@ -141,7 +141,8 @@ class ModelScorer:
 
   def __init__(self, sc: ServeConfig):
     mesh = cli.mesh(sc.mesh, devices=jax.local_devices())
-    task_rules.check_trained_task(checkpoint.read_meta(sc.model), sc.task, f"--model {sc.model}")
+    task_rules.check_trained_task(checkpoint.model_meta(sc.model, "--model"), sc.task,
+                                  f"--model {sc.model}")
     self.verifier = scoring.load_verifier(sc.model, sc.method, mesh, what=f"--model {sc.model}")
     self.opts = cli.configure(scoring.ScoringConfig,
                               instruction=task_rules.get_task(sc.task).instruction,
