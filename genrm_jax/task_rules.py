@@ -48,16 +48,12 @@ def get_task(name: str) -> Task:
   return TASKS[name]
 
 
-# Candidate tasks of your own policy's samples (tasks.algorithmic.register_policy_candidates):
-# their names do not say the task, their mixture does.
-POLICY_PREFIX = "policy_"
-
-
-def trained_task(data_name: str, candidates_task: str = "") -> str | None:
-  """The task whose prompts a model trained on seqio task/mixture ``data_name`` saw, when the name
-  (or, for ``policy_*`` data, ``candidates_task``) says; None for data of unknown origin."""
-  if data_name.startswith(POLICY_PREFIX):
-    return candidates_task or None
+def trained_task(data_name: str, candidates_task: str | None = None) -> str | None:
+  """The task whose prompts a model trained on seqio task/mixture ``data_name`` saw: the task of
+  the candidates file it was trained on (``MixtureConfig.candidates_task``) when there was one,
+  else the task its name starts with; None for data of unknown origin."""
+  if candidates_task:
+    return candidates_task
   return next((t for t in TASKS if data_name.startswith(f"{t}_")), None)
 
 
@@ -69,4 +65,3 @@ def check_trained_task(meta: dict, task: str, what: str) -> None:
   if trained in TASKS and get_task(trained).instruction != get_task(task).instruction:
     raise ValueError(f"{what}: trained on {trained} prompts (its train.task), but the task is "
                      f"{task!r}, whose prompts carry another instruction: use --task {trained}")
-

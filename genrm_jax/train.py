@@ -387,7 +387,9 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
 def write_model_dir(exp: Experiment, state: step_lib.TrainState, out: str,
                     vocab_path: str | None) -> str:
   trained = {"steps": int(state.step), "data": exp.data.name}
-  task = task_rules.trained_task(exp.data.name, exp.data.mixture.candidates_task)
+  mixture = exp.data.mixture
+  task = task_rules.trained_task(
+      exp.data.name, mixture.candidates_task if mixture.candidates_file else None)
   if task:
     trained["task"] = task
   extra: dict[str, Any] = {"objective": exp.objective.kind, "train": trained,

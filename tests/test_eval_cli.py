@@ -222,6 +222,7 @@ def test_a_verifier_trained_on_another_task_is_refused(tmp_path, capsys):
 
 def test_the_task_a_model_trained_on():
   assert task_rules.trained_task("policy_genrm", "word_sorting") == "word_sorting"
+  assert task_rules.trained_task("policy_genrm") is None
   assert task_rules.trained_task("last_letters_policy_sft") == "last_letters"
   assert task_rules.trained_task("gsm8k_genrm_cot") == "gsm8k"
   assert task_rules.trained_task("mine_genrm") is None

@@ -39,6 +39,9 @@ def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
                "eval/accuracy_vs_tokens.png", "eval/scores.jsonl", "timings.json",
                "test_candidates_6_words.jsonl", "eval_6_words/results.json"):
     assert (out / path).exists(), path
+  # The verifiers trained on the policy's candidates file record its task (eval checks it).
+  meta = json.loads((out / "verifiers" / "genrm" / "model" / "genrm_model.json").read_text())
+  assert meta["train"]["task"] == "last_letters"
   card = json.loads((out / "verifier_data_card.json").read_text())
   assert card["selected"]["records"] == len((out / "verifier_data.jsonl").read_text().splitlines())
   assert set(card["sampled"]["by"]) == {"words", "steps", "answer_length", "steps_minus_words",
