@@ -115,7 +115,7 @@ class PipelineConfig:
   train_samples: int = 16
   max_per_class: int = 16
   balance: bool = True  # False keeps the plain cap (the quick run's policy solves nothing)
-  rationale_style: str = "check"  # word_puzzles.RATIONALE_STYLES
+  rationale_style: str = word_puzzles.DEFAULT_RATIONALE_STYLE  # see word_puzzles.RATIONALE_STYLES
   # Even each problem's wrong samples up to its right ones with one-edit wrong versions of the
   # reference solution (word_puzzles.HARD_NEGATIVES), so that every problem gives balanced pairs.
   hard_negatives: bool = True

@@ -14,6 +14,7 @@ import random
 from typing import Any, Callable, Iterable, Sequence
 
 from genrm_jax import formats
+from genrm_jax import word_puzzles
 
 Candidate = dict[str, Any]
 
@@ -36,8 +37,8 @@ class MixtureConfig:
   # The ``policy_*`` tasks: candidates sampled from a policy on ``candidates_task`` (a candidates
   # JSONL; empty: not registered), with programmatic rationales of this style.
   candidates_file: str = ""
-  candidates_task: str = "last_letters"
-  rationale_style: str = "check"
+  candidates_task: str = word_puzzles.LAST_LETTERS
+  rationale_style: str = word_puzzles.DEFAULT_RATIONALE_STYLE
 
   def lam_for(self, src: str) -> float:
     return PAPER_LAMBDA[src] if self.lam is None else self.lam

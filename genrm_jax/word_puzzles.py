@@ -193,14 +193,26 @@ _ANSWER_LINE = re.compile(r"^The answer is .*$")
 # "derive": ``expected Y`` first, from the checked steps above it, then ``answer X ok|wrong``: the
 #   decision compares two strings on adjacent lines, and the expected answer is written before the
 #   stated one is seen, so copying the stated answer cannot stand in for deriving it.
-RATIONALE_STYLES = ("check", "derive")
+# "walk": the stated answer checked unit by unit against the problem, one line per step: the
+#   reference step from the question (the policy's own skill), the stated answer's unit for that
+#   step, ``ok|wrong``, then the rest of the stated answer, from which the next line takes its
+#   unit. Every copy and every comparison is between tokens a fixed, short distance apart; the
+#   comparison the other styles make in one token (a stated answer against all its steps, far
+#   above) is the one their sampled rationales got wrong, and with the rest of the answer written
+#   between the two units compared (unit, rest, mark) the marks were near chance.
+RATIONALE_STYLES = ("check", "derive", "walk")
+# Seed 0 of the default run: GenRM-CoT at N = 16 .742 with "check", .844 with "walk" (README).
+DEFAULT_RATIONALE_STYLE = "walk"
 
 
-def rationale(problem: Problem, solution: str, style: str = "check") -> str:
+def rationale(problem: Problem, solution: str, style: str = DEFAULT_RATIONALE_STYLE) -> str:
   """Step-by-step verification of ``solution``: each step, the answer, then the verdict."""
   if style not in RATIONALE_STYLES:
     raise ValueError(f"rationale style {style!r}; expected one of {RATIONALE_STYLES}")
   steps, got = parse_solution(solution)
+  ok = is_correct(problem, solution)
+  if style == "walk":
+    return formats.cot_target(_walk(problem, got), ok)
   expected = problem.steps()
   lines = []
   for k in range(max(len(steps), len(expected))):
@@ -212,12 +224,29 @@ def rationale(problem: Problem, solution: str, style: str = "check") -> str:
       lines.append(f"{steps[k]} ok")
     else:
       lines.append(f"{steps[k]} wrong, {expected[k]}")
-  ok = is_correct(problem, solution)
   if style == "check":
     lines.append(f"answer {got} {'ok' if ok else 'wrong, ' + problem.answer}")
   else:
     lines += [f"expected {problem.answer}", f"answer {got} {'ok' if ok else 'wrong'}"]
   return formats.cot_target("\n".join(lines), ok)
+
+
+def _walk(problem: Problem, got: str | None) -> str:
+  """The "walk" rationale's lines (see ``RATIONALE_STYLES``)."""
+  task = problem.task
+  units = answer_parts(task, got) if got is not None else []
+  expected = answer_parts(task, problem.answer)
+  lines = []
+  for k, step in enumerate(problem.steps()):
+    if k >= len(units):
+      lines.append(f"{step} missing")
+      continue
+    mark = "ok" if units[k] == expected[k] else "wrong"
+    lines.append(" ".join([step, units[k], mark] + ([_join(task, units[k + 1:])]
+                                                    if k + 1 < len(units) else [])))
+  if len(units) > len(expected):
+    lines.append(f"extra {_join(task, units[len(expected):])}")
+  return "\n".join(lines)
 
 
 def parse_solution(solution: str) -> tuple[list[str], str | None]:

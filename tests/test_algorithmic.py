@@ -42,8 +42,9 @@ def test_reference_solutions():
   assert not alg.is_correct(p, "apple:e\nThe answer is e.") and not alg.is_correct(p, "eg")
 
 
+@pytest.mark.parametrize("style", alg.RATIONALE_STYLES)
 @pytest.mark.parametrize("task", alg.TASKS)
-def test_solver_mistakes_are_caught_by_the_rationale(task):
+def test_solver_mistakes_are_caught_by_the_rationale(task, style):
   rng = random.Random(0)
   problems = alg.split_problems(task, "train", 40)
   n_wrong = 0
@@ -51,7 +52,11 @@ def test_solver_mistakes_are_caught_by_the_rationale(task):
     sol = alg.synthetic_solve(p, rng, error_rate=0.5)
     ok = alg.is_correct(p, sol)
     assert ok == (sol == p.solution)  # every mistake reaches the answer
-    rat = alg.rationale(p, sol)
+    rat = alg.rationale(p, sol, style)
+    if style == "walk":  # one line per reference step, whatever the candidate's steps
+      assert all(line.startswith(step + " ")
+                 for line, step in zip(rat.split("\n"), p.steps(), strict=False))
+      assert len(rat.split("\n")) >= len(p.steps()) + 1
     assert formats.parse_verdict(rat) == ok and rat.endswith(formats.VERDICT_QUESTION +
                                                               formats.verdict_target(ok))
     # A rationale sampled up to the verdict's first word, completed with the fixed question,
@@ -68,8 +73,14 @@ def test_solver_mistakes_are_caught_by_the_rationale(task):
 
 def test_rationale_of_a_policy_sample_with_extra_lines():
   p = alg.Problem(alg.LAST_LETTERS, ("ab", "cd"))
-  rat = alg.rationale(p, "ab:b\ncd:d\nxy:y\nThe answer is bdy.")
+  sol = "ab:b\ncd:d\nxy:y\nThe answer is bdy."
+  rat = alg.rationale(p, sol, "check")
   assert "xy:y extra" in rat and rat.endswith("No")
+  assert alg.rationale(p, sol, "walk").startswith("ab:b b ok dy\ncd:d d ok y\nextra y\n")
+  assert alg.rationale(p, "ab:b\nThe answer is bx.", "walk").startswith(
+      "ab:b b ok x\ncd:d x wrong\n")
+  assert alg.rationale(p, "ab:b\nThe answer is b.", "walk").startswith(
+      "ab:b b ok\ncd:d missing\n")
 
 
 @pytest.mark.parametrize("task", alg.TASKS)
