@@ -194,12 +194,14 @@ _ANSWER_LINE = re.compile(r"^The answer is .*$")
 #   decision compares two strings on adjacent lines, and the expected answer is written before the
 #   stated one is seen, so copying the stated answer cannot stand in for deriving it.
 # "walk": the stated answer checked unit by unit against the problem, one line per step: the
-#   reference step from the question (the policy's own skill), the stated answer's unit for that
-#   step, ``ok|wrong``, then the rest of the stated answer, from which the next line takes its
-#   unit. Every copy and every comparison is between tokens a fixed, short distance apart; the
-#   comparison the other styles make in one token (a stated answer against all its steps, far
-#   above) is the one their sampled rationales got wrong, and with the rest of the answer written
-#   between the two units compared (unit, rest, mark) the marks were near chance.
+#   stated answer's unit for the step and the rest of the answer after it (together, the line
+#   above's rest: one contiguous copy), the reference step from the question (the policy's own
+#   skill), then a verdict on the pair (" Yes" / " No", the verdict tokens, so that
+#   ``ObjectiveConfig.verdict_weight`` weighs these decisions too). The comparison the other
+#   styles make in one token (a stated answer against all its steps, far above) is the one their
+#   sampled rationales got wrong; here each is two letters on one line. The unit comes before
+#   the step: written after it (equal in most lines), one seed's verifier learnt to copy the
+#   step's letter instead of the answer's and marked every pair Yes.
 RATIONALE_STYLES = ("check", "derive", "walk")
 # Seed 0 of the default run: GenRM-CoT at N = 16 .742 with "check", .844 with "walk" (README).
 DEFAULT_RATIONALE_STYLE = "walk"
@@ -241,9 +243,8 @@ def _walk(problem: Problem, got: str | None) -> str:
     if k >= len(units):
       lines.append(f"{step} missing")
       continue
-    mark = "ok" if units[k] == expected[k] else "wrong"
-    lines.append(" ".join([step, units[k], mark] + ([_join(task, units[k + 1:])]
-                                                    if k + 1 < len(units) else [])))
+    rest = [_join(task, units[k + 1:])] if k + 1 < len(units) else []
+    lines.append(" ".join([units[k], *rest, step]) + formats.verdict_target(units[k] == expected[k]))
   if len(units) > len(expected):
     lines.append(f"extra {_join(task, units[len(expected):])}")
   return "\n".join(lines)

@@ -193,6 +193,21 @@ def test_truncation_is_counted_and_verdicts_never_cut(vocab):
   assert "dropped" in it.stats.summary()
 
 
+def test_every_verdict_of_a_rationale_is_weighted(vocab):
+  """A "walk" rationale gives a verdict per step: each is a verdict position, as the final one."""
+  yes, no = vocab_lib.verdict_token_ids(vocab)
+  b = _batch("last_letters_verify_cot", vocab, batch_size=4, seq_len=400)
+  per_segment = []
+  for i in range(4):
+    row = {k: v[i] for k, v in b.items()}
+    for s, e in _segments(row):
+      tgt, lw, vw = (row[k][s:e] for k in ("targets", "loss_weights", "verdict_weights"))
+      np.testing.assert_array_equal(vw > 0, (lw > 0) & np.isin(tgt, [yes, no]))
+      per_segment.append(int(vw.sum()))
+  # 2-4 words here: at most one verdict per step line (none on a "missing" one), then the final.
+  assert max(per_segment) >= 3 and all(1 <= n <= 5 for n in per_segment)
+
+
 def test_one_pass_ends_with_padding_rows(vocab):
   rows, stats = _all_examples(vocab)
   assert stats.examples == len(rows) and stats.dropped == 0

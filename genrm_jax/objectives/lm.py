@@ -1,8 +1,9 @@
 """``lm``: GenRM (direct or CoT) and SFT, by next-token prediction.
 
-Loss: token cross-entropy on target tokens only, each Yes/No verdict token weighted
-``ObjectiveConfig.verdict_weight``; accuracy is whether the greedy prediction at each verdict
-position is the labelled verdict. Records {"inputs", "targets"}; in a ``verdict`` task the
+Loss: token cross-entropy on target tokens only, each Yes/No verdict token of a verification
+target weighted ``ObjectiveConfig.verdict_weight`` (the final verdict and those a rationale gives
+on the way); accuracy is whether the greedy prediction at each verdict position is the labelled
+verdict. Records {"inputs", "targets"}; in a ``verdict`` task the
 targets end in " Yes" / " No". Rows are packed: several examples a row, each its own segment;
 an example longer than a row is truncated if it has no verdict (keeping at least one target
 token), else dropped.
@@ -97,7 +98,8 @@ class _Rows(rows.Converter):
       if tgt[k] not in self.verdict_ids:
         raise ValueError(f"verdict example whose last target token {tgt[k]} is not ' Yes'/' No' "
                          f"{self.verdict_ids}: does the vocabulary split the verdict?")
-      vw[k] = 1.0
+      # The final verdict, and any a rationale gives on the way (word_puzzles' "walk" style).
+      vw[(lw > 0) & np.isin(tgt, list(self.verdict_ids))] = 1.0
     if len(inp) > self.seq_len:
       if ex["verdict"] or len(ex["inputs"]) + 1 >= self.seq_len:
         self.too_long(truncated=False)
