@@ -70,7 +70,8 @@ def register_policy_candidates(task: str = word_puzzles.LAST_LETTERS,
                                candidates_file: str | None = None, src: str = "policy",
                                lam: float | None = None, problems_per_length: int = 350,
                                max_per_class: int | None = records.PAPER_MAX_PER_CLASS,
-                               balance: bool = True, rationale_style: str = word_puzzles.DEFAULT_RATIONALE_STYLE,
+                               balance: bool = True,
+                               rationale_style: str = word_puzzles.DEFAULT_RATIONALE_STYLE,
                                seed: int = 0) -> list[str]:
   """``<src>_*`` verifier tasks from candidates sampled from a policy (a candidates JSONL).
 
