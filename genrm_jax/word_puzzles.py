@@ -207,6 +207,7 @@ RATIONALE_STYLES = ("check", "derive", "walk")
 # On the default run's first 128 test problems (seed 0), GenRM-CoT at N = 16: .742 with "check",
 # .828 with "walk" (README).
 DEFAULT_RATIONALE_STYLE = "walk"
+VOCAB_RATIONALE_STYLE = "check"  # see texts_for_vocab
 
 
 def rationale(problem: Problem, solution: str, style: str = DEFAULT_RATIONALE_STYLE) -> str:
@@ -421,5 +422,9 @@ def texts_for_vocab(task: str, count: int = 50, seed: int = 0) -> list[str]:
   out = []
   for c in candidates(task, "train", problems_per_length=count, samples_per_problem=1, seed=seed):
     prompt = formats.cot_prompt(c["question"], c["solution"], INSTRUCTIONS[task])
-    out.append(prompt + c["rationale"])
+    # Every style writes the same characters; the pieces' ids follow their counts, so the style
+    # is fixed here: with the default's, a new default style moved every id, and with them the
+    # policy's initialisation and every stage after it.
+    problem = problem_from_question(task, c["question"])
+    out.append(prompt + rationale(problem, c["solution"], VOCAB_RATIONALE_STYLE))
   return out
