@@ -120,3 +120,15 @@ def test_hard_negatives_are_one_edit_wrong_and_caught_by_the_rationale(task):
       assert alg.rationale(p, sol).endswith(formats.VERDICT_QUESTION + formats.NO)
   kinds = {alg.hard_negative(p, rng)[0] for _ in range(200)}
   assert kinds == set(alg.HARD_NEGATIVES)  # drawn at random when no kind is asked for
+
+
+def test_vocabulary_texts_do_not_follow_the_default_rationale_style():
+  """The vocabulary stage depends on task and seed only: its texts use a fixed rationale style,
+  so a new default style (a verifier-stage setting) cannot move the pieces' ids."""
+  texts = alg.texts_for_vocab(alg.LAST_LETTERS, count=5)
+  cands = alg.candidates(alg.LAST_LETTERS, "train", problems_per_length=5, samples_per_problem=1)
+  for text, c in zip(texts, cands, strict=True):
+    p = alg.problem_from_question(alg.LAST_LETTERS, c["question"])
+    assert text.endswith(alg.rationale(p, c["solution"], alg.VOCAB_RATIONALE_STYLE))
+    if alg.VOCAB_RATIONALE_STYLE != alg.DEFAULT_RATIONALE_STYLE:
+      assert not text.endswith(c["rationale"])
