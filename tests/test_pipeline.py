@@ -131,3 +131,9 @@ def test_a_stage_made_with_other_settings_is_not_reused(tmp_path, capsys):
   (tmp_path / pipeline.SETTINGS_FILE).unlink()
   pipeline.Runner(longer).stage("b. policy", str(done), make, "policy")
   assert calls == [1] and "not checked" in capsys.readouterr().out
+
+
+def test_every_verifier_recipe_names_a_recorded_steps_field():
+  fields = {f.name for f in pipeline.dataclasses.fields(pipeline.PipelineConfig)}
+  for recipe in pipeline.VERIFIERS:
+    assert recipe.steps in fields and recipe.steps in pipeline.STAGE_SETTINGS["verifier"], recipe
