@@ -13,6 +13,7 @@ from genrm_jax import candidates as candidates_lib
 from genrm_jax import data
 from genrm_jax import formats
 from genrm_jax import records
+from genrm_jax.objectives import lm as lm_objective
 from genrm_jax import vocab as vocab_lib
 from tasks import algorithmic as alg_tasks
 
@@ -206,6 +207,15 @@ def test_every_verdict_of_a_rationale_is_weighted(vocab):
       per_segment.append(int(vw.sum()))
   # 2-4 words here: at most one verdict per step line (none on a "missing" one), then the final.
   assert max(per_segment) >= 3 and all(1 <= n <= 5 for n in per_segment)
+  # Inside running text a " No" is no verdict: only the final one counts there.
+  conv = lm_objective.LM().converter(400, vocab, pack=False)
+  ids = lambda text: np.asarray(vocab.encode(text), np.int32)
+  eos = np.asarray([vocab.eos_id], np.int32)
+  target = ids("x No, y\nz Yes\nVerification: Is the answer correct (Yes/No)? No")
+  (row,) = conv.add({"inputs": ids("Q?"), "targets": np.concatenate([target, eos]),
+                     "verdict": 1}) + conv.flush()
+  marked = [vocab.sp.id_to_piece(int(t)) for t in row["targets"][row["verdict_weights"] > 0]]
+  assert marked == ["▁Yes", "▁No"]
 
 
 def test_one_pass_ends_with_padding_rows(vocab):

@@ -2,7 +2,7 @@
 
 Loss: token cross-entropy on target tokens only, each Yes/No verdict token of a verification
 target weighted ``ObjectiveConfig.verdict_weight`` (the final verdict and those a rationale gives
-on the way); accuracy is whether the greedy prediction at each verdict position is the labelled
+on the way, at the end of a line); accuracy is whether the greedy prediction at each verdict position is the labelled
 verdict. Records {"inputs", "targets"}; in a ``verdict`` task the
 targets end in " Yes" / " No". Rows are packed: several examples a row, each its own segment;
 an example longer than a row is truncated if it has no verdict (keeping at least one target
@@ -88,6 +88,7 @@ class _Rows(rows.Converter):
   def __init__(self, seq_len: int, vocab: Any, pack: bool):
     super().__init__(seq_len, vocab)
     self.verdict_ids = vocab_lib.verdict_token_ids(vocab)
+    self.piece = vocab.sp.id_to_piece
     self.packer = rows.Packer(seq_len, pack)
 
   def add(self, ex: dict[str, np.ndarray]) -> list[rows.Row]:
@@ -98,8 +99,12 @@ class _Rows(rows.Converter):
       if tgt[k] not in self.verdict_ids:
         raise ValueError(f"verdict example whose last target token {tgt[k]} is not ' Yes'/' No' "
                          f"{self.verdict_ids}: does the vocabulary split the verdict?")
-      # The final verdict, and any a rationale gives on the way (word_puzzles' "walk" style).
-      vw[(lw > 0) & np.isin(tgt, list(self.verdict_ids))] = 1.0
+      vw[k] = 1.0
+      # Verdicts a rationale gives on the way (word_puzzles' "walk" style) end their line: a
+      # " Yes"/" No" inside running text (a released GSM8K rationale's "No, ...") is not one.
+      for j in np.flatnonzero((lw[:k] > 0) & np.isin(tgt[:k], list(self.verdict_ids))):
+        if self.piece(tgt[j + 1]).startswith("\n"):
+          vw[j] = 1.0
     if len(inp) > self.seq_len:
       if ex["verdict"] or len(ex["inputs"]) + 1 >= self.seq_len:
         self.too_long(truncated=False)
