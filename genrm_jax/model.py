@@ -9,9 +9,8 @@ The parameter tree mirrors the official Gemma Flax layout (``embedder/input_embe
 attention pattern, stacked over pattern repeats); layers past the last whole repeat (Gemma 3 1B:
 26 = 4 x 6 + 2) stay ``layer_{i}`` and run after the scan. ``unscan_params``/``scan_params`` convert.
 
-The KV cache holds global layers' keys by cache index (``k``, ``v``: one slot per token written) and
-local sliding-window layers' keys by position modulo the window (``k_local``, ``v_local``: at most
-``sliding_window_size`` slots), so a long context costs local layers no more than their window.
+With a KV cache (``genrm_jax.kv_cache``), each attention layer writes its new keys and values
+there and attends to them.
 """
 
 from __future__ import annotations
@@ -25,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genrm_jax import kv_cache
 from genrm_jax import sharding
 from genrm_jax.config import AttentionType, ModelConfig
 
-Cache = dict[str, jax.Array]
 # Finite, so that a query with every key masked (a padding row) yields a uniform softmax, not NaN.
 _MASK_VALUE = -2.3819763e38
 
@@ -212,14 +211,11 @@ class Attention(nn.Module):
     return out, cache
 
 
-CACHE_NAMES = {AttentionType.GLOBAL: ("k", "v"), AttentionType.LOCAL_SLIDING: ("k_local", "v_local")}
-
-
 def _cache_update(cache, kind, kk, vv, layer, write, num_keys, dt):
   """Writes one layer's new keys/values [B, T, K, H] into the cache; returns the keys and values
   it attends to, [B, K, H, S] each, and the new cache.
 
-  Each buffer is [n, B, K, H, S] (see ``init_cache``): the stack of all layers of ``kind``
+  Each buffer is [n, B, K, H, S] (see ``kv_cache.init_cache``): the stack of all layers of ``kind``
   (``layer`` indexes it) or, in a tuple, the one buffer of layer ``layer``. The new entries are
   written in place and read back: updating a slice and stacking it back makes XLA copy the whole
   cache at every decode step. Global layers write at cache index ``write['index']`` on; local
@@ -228,7 +224,7 @@ def _cache_update(cache, kind, kk, vv, layer, write, num_keys, dt):
   tokens may overwrite keys that earlier queries of this call still see, so they attend to the
   ring as it was followed by the new tokens.
   """
-  names = CACHE_NAMES[kind]
+  names = kv_cache.CACHE_NAMES[kind]
   stacked = not isinstance(cache[names[0]], tuple)
   at = layer if stacked else 0
   new, read = {}, []
@@ -334,7 +330,7 @@ class Transformer(nn.Module):
 
   tokens, positions: int [B, T]. segment_ids: int [B, T], 0 marks padding; packed examples get
   distinct ids and never attend to each other. Without a cache, keys are the tokens themselves;
-  with a cache (from ``init_cache``) the T new keys are written at slots ``cache['end']`` onward
+  with a cache (from ``kv_cache.init_cache``) the T new keys are written at slots ``cache['end']`` onward
   and queries attend to every filled slot at an earlier or equal position.
   Returns (logits float32 [B, T, V], new cache or None), plus the final hidden states
   [B, T, D] when ``return_hidden``. ``hidden_states`` stops before the unembedding, for callers
@@ -367,7 +363,7 @@ class Transformer(nn.Module):
   def unembed(self, hidden):
     return unembed(self.cfg, self.embedder.input_embedding, hidden)
 
-  def __call__(self, tokens, positions, segment_ids=None, cache: Cache | None = None,
+  def __call__(self, tokens, positions, segment_ids=None, cache: kv_cache.Cache | None = None,
                return_hidden: bool = False):
     hidden, new_cache = self.hidden_states(tokens, positions, segment_ids, cache)
     logits = self.unembed(hidden)
@@ -375,7 +371,7 @@ class Transformer(nn.Module):
       return logits, new_cache, hidden
     return logits, new_cache
 
-  def hidden_states(self, tokens, positions, segment_ids=None, cache: Cache | None = None):
+  def hidden_states(self, tokens, positions, segment_ids=None, cache: kv_cache.Cache | None = None):
     """(final-norm hidden states [B, T, D], new cache or None): ``__call__`` without logits."""
     cfg = self.cfg
     if segment_ids is None:
@@ -391,7 +387,7 @@ class Transformer(nn.Module):
       k_valid, k_seg = k_pos >= 0, None
       kv = {k: v for k, v in cache.items() if k.startswith(("k", "v"))}
       if "pos_local" in cache:
-        write["local_slots"], pos_local, local_k_pos = _local_writes(cfg, cache, new_pos)
+        write["local_slots"], pos_local, local_k_pos = kv_cache.local_writes(cfg, cache, new_pos)
     masks = attention_masks(cfg, positions, segment_ids, k_pos, k_valid, k_seg, local_k_pos)
 
     x = self.embed(tokens)
@@ -436,92 +432,6 @@ def attention_masks(cfg: ModelConfig, q_pos, q_seg, k_pos, k_valid, k_seg, local
     near = (q_pos[:, :, None] - k_pos[:, None, :]) < cfg.sliding_window_size
     masks[AttentionType.LOCAL_SLIDING.value] = local & near
   return masks
-
-
-def _local_writes(cfg: ModelConfig, cache: Cache, new_pos):
-  """Where local layers store new tokens (position mod window, per row; out of range = dropped),
-  their cache's new positions, and the key positions they attend to (see ``_cache_update``).
-
-  A row's positions are below the cache length (they count its real tokens), so while the cache
-  is no longer than the window no two positions share a slot and the slots never move as it grows.
-  """
-  w = cfg.sliding_window_size
-  old = cache["pos_local"]
-  n = old.shape[1]
-  # Of a row's new tokens only the last w positions are kept: two tokens w apart share a slot.
-  keep = (new_pos >= 0) & (new_pos > jnp.max(new_pos, axis=1, keepdims=True) - w)
-  slots = jnp.where(keep, new_pos % w, n)
-  pos_local = old.at[jnp.arange(old.shape[0])[:, None], slots].set(new_pos, mode="drop")
-  if n < cache["pos"].shape[1]:
-    return slots, pos_local, jnp.concatenate([old, new_pos], axis=1)
-  return slots, pos_local, pos_local
-
-
-def _local_slots(cfg: ModelConfig, length: int) -> int:
-  return min(length, cfg.sliding_window_size)
-
-
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: str | None = None) -> Cache:
-  """An empty KV cache for ``length`` tokens per sequence; local layers get at most
-  ``sliding_window_size`` slots.
-
-  Keys and values are [n, B, K, H, S] buffers: with ``scan_layers`` all layers of a kind in one
-  (n = their count), which the scan carries; else a tuple of one buffer (n = 1) per layer, since
-  reading one layer out of a stacked buffer copies that layer's whole cache at every decode step
-  (with the transposes the [B, S, K, H] layout cost, 60% of a long-prompt decode, measured).
-  """
-  dt = _dtype(dtype or cfg.dtype)
-  cache = {"pos": jnp.full((batch, length), -1, jnp.int32), "end": jnp.zeros((), jnp.int32)}
-  kinds = cfg.layer_attention_types
-  for kind, names in CACHE_NAMES.items():
-    if kind in kinds:
-      slots = length if kind == AttentionType.GLOBAL else _local_slots(cfg, length)
-      shape = (batch, cfg.num_kv_heads, cfg.head_dim, slots)
-      n = kinds.count(kind)
-      buf = (jnp.zeros((n, *shape), dt) if cfg.scan_layers
-             else tuple(jnp.zeros((1, *shape), dt) for _ in range(n)))
-      cache.update({name: buf for name in names})
-  if AttentionType.LOCAL_SLIDING in kinds:
-    cache["pos_local"] = jnp.full((batch, _local_slots(cfg, length)), -1, jnp.int32)
-  return cache
-
-
-def cache_rows(cache: Cache, parent: jax.Array) -> Cache:
-  """Rows ``parent`` (repeats allowed) of every cache array: row i becomes that of parent[i]."""
-  return {name: x if name == "end" else jax.tree.map(
-      lambda a, name=name: jnp.take(a, parent, axis=CACHE_LOGICAL[name].index("batch")), x)
-          for name, x in cache.items()}
-
-
-def grow_cache(cfg: ModelConfig, cache: Cache, n: int) -> Cache:
-  """Room for ``n`` more tokens (empty slots); local layers' caches stop growing at the window."""
-  length = cache["pos"].shape[1] + n
-  out = {}
-  for name, x in cache.items():
-    if name == "end":
-      out[name] = x
-      continue
-    axis = CACHE_LOGICAL[name].index("kv_length")
-    target = length if name in ("k", "v", "pos") else _local_slots(cfg, length)
-
-    def grow(a, axis=axis, target=target, name=name):
-      pad = [(0, 0)] * a.ndim
-      pad[axis] = (0, target - a.shape[axis])
-      return jnp.pad(a, pad, constant_values=-1 if name.startswith("pos") else 0)
-
-    out[name] = jax.tree.map(grow, x)
-  return out
-
-
-_KV_LOGICAL = ("layers", "batch", "act_kv_heads", None, "kv_length")
-CACHE_LOGICAL = {"k": _KV_LOGICAL, "v": _KV_LOGICAL, "k_local": _KV_LOGICAL,
-                 "v_local": _KV_LOGICAL, "pos": ("batch", "kv_length"),
-                 "pos_local": ("batch", "kv_length"), "end": ()}
-
-
-def cache_shardings(cache_or_shapes: Cache, mesh) -> dict[str, Any]:
-  return {k: jax.tree.map(lambda a, k=k: sharding.logical_sharding(CACHE_LOGICAL[k], a.shape, mesh),
-                          v) for k, v in cache_or_shapes.items()}
 
 
 # ----------------------------------------------------------------------------- parameters

@@ -15,7 +15,7 @@ right-padded; padding carries segment id 0, so its slots get position -1 and are
 positions count from each row's first real token, so padding changes nothing numerically.
 Batch, prompt and block lengths are rounded up to buckets, so repeated calls of similar shapes reuse
 one compiled program (``TRACES`` counts the traces). On a mesh, rows are sharded over (data, fsdp)
-and the cache over (data, fsdp) x tensor (kv heads) through ``model.cache_shardings``.
+and the cache over (data, fsdp) x tensor (kv heads) through ``kv_cache.cache_shardings``.
 
 Stop strings: the loop stops a row early when its last tokens equal a stop string's tokenization
 (as encoded alone and after a newline or a space, since SentencePiece tokenizes differently in
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genrm_jax import kv_cache
 from genrm_jax import logits as logits_lib
 from genrm_jax import model as model_lib
 from genrm_jax import sharding
@@ -186,7 +187,7 @@ def _mesh_ctx(mesh):
 def _constrain_cache(cache, mesh):
   if mesh is None:
     return cache
-  return jax.lax.with_sharding_constraint(cache, model_lib.cache_shardings(cache, mesh))
+  return jax.lax.with_sharding_constraint(cache, kv_cache.cache_shardings(cache, mesh))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mesh", "token_logprobs"))
@@ -196,7 +197,7 @@ def _extend(params, cache, parent, tokens, positions, segment_ids, last_index, r
   with _mesh_ctx(mesh):
     # The cache is always exactly full up to ``end`` before a write.
     cache = _constrain_cache(
-        model_lib.grow_cache(cfg, model_lib.cache_rows(cache, parent), tokens.shape[1]), mesh)
+        kv_cache.grow_cache(cfg, kv_cache.cache_rows(cache, parent), tokens.shape[1]), mesh)
     # Only the rows' last positions are unembedded (with Gemma's 256K vocabulary, the [M, T, V]
     # logits of a long block would dwarf everything else).
     hidden, cache = model_lib.Transformer(cfg).apply(
@@ -268,7 +269,7 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_re
   if row_seeds is not None:
     rng = jax.vmap(lambda s: jax.random.fold_in(rng, s))(row_seeds)
   with _mesh_ctx(mesh):
-    cache = _constrain_cache(model_lib.grow_cache(cfg, model_lib.cache_rows(cache, parent), n),
+    cache = _constrain_cache(kv_cache.grow_cache(cfg, kv_cache.cache_rows(cache, parent), n),
                              mesh)
     logits0 = jnp.take(last_logits, parent, axis=0)
     pos0 = jnp.take(next_pos, parent, axis=0)
@@ -347,9 +348,9 @@ def _row_multiple(mesh) -> int:
 
 
 def empty_prefix(cfg: ModelConfig, rows: int = 1, mesh=None) -> Prefix:
-  cache = model_lib.init_cache(cfg, rows, 0)
+  cache = kv_cache.init_cache(cfg, rows, 0)
   if mesh is not None:
-    cache = jax.device_put(cache, model_lib.cache_shardings(cache, mesh))
+    cache = jax.device_put(cache, kv_cache.cache_shardings(cache, mesh))
   return Prefix(cache, jnp.zeros((rows, cfg.vocab_size), jnp.float32),
                 np.zeros((rows,), np.int32), 0)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from genrm_jax import config
+from genrm_jax import kv_cache
 from genrm_jax import model as model_lib
 
 # Published parameter counts (Hugging Face model cards; equal to transformers' meta-device counts
@@ -113,7 +114,7 @@ def test_prefill_then_decode_matches_full_forward(make_cfg, scan_layers):
   segments = np.stack([np.ones(t), np.arange(t) >= pad]).astype(np.int32)
 
   step = jax.jit(lambda p, tok, pos, seg, c: model.apply({"params": p}, tok, pos, seg, c))
-  cache = model_lib.init_cache(run_cfg, 2, t)
+  cache = kv_cache.init_cache(run_cfg, 2, t)
   logits, cache = step(run_params, tokens[:, :prefill], positions[:, :prefill],
                        segments[:, :prefill], cache)
   got = [np.asarray(logits)]
