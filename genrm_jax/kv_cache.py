@@ -104,5 +104,52 @@ CACHE_LOGICAL = {"k": _KV_LOGICAL, "v": _KV_LOGICAL, "k_local": _KV_LOGICAL,
 
 
 def cache_shardings(cache_or_shapes: Cache, mesh) -> dict[str, Any]:
-  return {k: jax.tree.map(lambda a, k=k: sharding.logical_sharding(CACHE_LOGICAL[k], a.shape, mesh),
-                          v) for k, v in cache_or_shapes.items()}
+  return {k: cache_shardings(v, mesh) if k == "shared" else jax.tree.map(
+      lambda a, k=k: sharding.logical_sharding(CACHE_LOGICAL[k], a.shape, mesh), v)
+          for k, v in cache_or_shapes.items()}
+
+
+def layer_buffer(buf, layer: int) -> jax.Array:
+  """Layer ``layer``'s [B, K, H, S] keys or values out of a cache entry (stack or tuple)."""
+  if isinstance(buf, tuple):
+    return buf[layer][0]
+  return jax.lax.dynamic_index_in_dim(buf, layer, keepdims=False)
+
+
+# ----------------------------------------------------------------------------- shared prefixes
+#
+# R samples of each of P prompts: rather than R copies of a prompt's keys in R rows (read R
+# times at every decode step), rows p*R ... p*R + R-1 keep only their own new tokens and attend
+# to row p of a shared cache as well (``model.Attention``). Global-attention layers only: a local
+# layer's ring would need the shared and the own slots interleaved by position.
+
+
+def with_shared(cfg: ModelConfig, shared: Cache, reps: int, n: int) -> Cache:
+  """An empty cache of ``n`` slots for ``reps`` rows per row of ``shared`` (a full cache:
+  ``end`` at its last slot, as every extension leaves it), reading ``shared`` before its own."""
+  if "pos_local" in shared:
+    raise ValueError("a shared-prefix cache serves models with global attention layers only")
+  own = init_cache(cfg, shared["pos"].shape[0] * reps, n, dtype=str(shared["k"][0].dtype))
+  return {**own, "shared": {name: shared[name] for name in ("k", "v", "pos")}}
+
+
+def shared_key_positions(cache: Cache, own_pos: jax.Array) -> jax.Array:
+  """[B, S_shared + S] positions of every key a row sees: its shared row's, then its own."""
+  shared = cache["shared"]["pos"]
+  reps = own_pos.shape[0] // shared.shape[0]
+  return jnp.concatenate([jnp.repeat(shared, reps, axis=0), own_pos], axis=1)
+
+
+def merge_shared(cache: Cache) -> Cache:
+  """The plain cache of the same rows: each row's shared slots copied in front of its own."""
+  shared = cache["shared"]
+  reps = cache["pos"].shape[0] // shared["pos"].shape[0]
+
+  def merge(name, a, b):
+    logical = CACHE_LOGICAL[name]
+    return jnp.concatenate([jnp.repeat(a, reps, axis=logical.index("batch")), b],
+                           axis=logical.index("kv_length"))
+
+  out = {name: jax.tree.map(lambda a, b, name=name: merge(name, a, b), shared[name], cache[name])
+         for name in ("k", "v", "pos")}
+  return {**out, "end": shared["pos"].shape[1] + cache["end"]}

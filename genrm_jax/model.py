@@ -199,14 +199,33 @@ class Attention(nn.Module):
       v_axes = "BKHS"
 
     b, t = q.shape[:2]
-    qg = q.reshape(b, t, k, n // k, h)
+    g = n // k
+    qg = q.reshape(b, t, k, g, h)
     # [B, K, T, G, S] is the batched dot's own output order (batch, lhs free, rhs free): no
     # transpose of the largest activation, forward or backward.
     logits = dense("BTKGH,BKHS->BKTGS", qg, kt).astype(jnp.float32)
+    shared = None if cache is None else cache.get("shared")
+    if shared is not None:
+      # Rows p*R ... p*R + R-1 continue shared row p (``kv_cache.with_shared``): its keys are
+      # read once for the R rows' queries, a matrix product instead of R matrix-vector ones,
+      # and their logits go before the rows' own.
+      kp, vp = (kv_cache.layer_buffer(shared[name], layer).astype(dt) for name in ("k", "v"))
+      p = kp.shape[0]
+      qp = qg.reshape(p, b // p, t, k, g, h)
+      lp = dense("PRTKGH,PKHS->PRKTGS", qp, kp).reshape(b, k, t, g, kp.shape[-1])
+      logits = jnp.concatenate([lp.astype(jnp.float32), logits], axis=-1)
     logits = soft_cap(logits, cfg.attn_logits_soft_cap)
     logits = jnp.where(mask[:, None, :, None, :], logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    enc = dense(f"BKTGS,{v_axes}->BTKGH", probs, values).reshape(b, t, n, h)
+    if shared is not None:
+      sp = kp.shape[-1]
+      pp = probs[..., :sp].reshape(p, b // p, k, t, g, sp)
+      probs = probs[..., sp:]
+      enc_shared = dense("PRKTGS,PKHS->PRTKGH", pp, vp).reshape(b, t, k, g, h)
+    enc = dense(f"BKTGS,{v_axes}->BTKGH", probs, values)
+    if shared is not None:
+      enc = enc + enc_shared
+    enc = enc.reshape(b, t, n, h)
     out = dense("BTNH,NHD->BTD", enc, wo.astype(dt))
     return out, cache
 
@@ -380,15 +399,21 @@ class Transformer(nn.Module):
     kv = write = local_k_pos = None
     if cache is None:
       k_pos, k_valid, k_seg = positions, valid, segment_ids
+      mask_pos = k_pos
     else:
       new_pos = jnp.where(valid, positions, -1)
       write = {"index": cache["end"]}
       k_pos = jax.lax.dynamic_update_slice(cache["pos"], new_pos, (0, cache["end"]))
-      k_valid, k_seg = k_pos >= 0, None
+      k_seg = None
       kv = {k: v for k, v in cache.items() if k.startswith(("k", "v"))}
       if "pos_local" in cache:
         write["local_slots"], pos_local, local_k_pos = kv_cache.local_writes(cfg, cache, new_pos)
-    masks = attention_masks(cfg, positions, segment_ids, k_pos, k_valid, k_seg, local_k_pos)
+      mask_pos = k_pos
+      if "shared" in cache:
+        kv["shared"] = cache["shared"]
+        mask_pos = kv_cache.shared_key_positions(cache, k_pos)
+      k_valid = mask_pos >= 0
+    masks = attention_masks(cfg, positions, segment_ids, mask_pos, k_valid, k_seg, local_k_pos)
 
     x = self.embed(tokens)
     if cfg.scan_groups:

@@ -261,16 +261,19 @@ def _stopped(tokens, step, spec: _DecodeSpec):
   return hit
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "spec"))
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "spec", "reps", "return_cache"))
 def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_real, *,
-            cfg: ModelConfig, mesh, spec: _DecodeSpec):
+            cfg: ModelConfig, mesh, spec: _DecodeSpec, reps: int, return_cache: bool):
   TRACES["decode"] += 1
   n = spec.max_new_tokens
   if row_seeds is not None:
     rng = jax.vmap(lambda s: jax.random.fold_in(rng, s))(row_seeds)
   with _mesh_ctx(mesh):
-    cache = _constrain_cache(kv_cache.grow_cache(cfg, kv_cache.cache_rows(cache, parent), n),
-                             mesh)
+    if reps:  # parent is repeat(arange(rows of cache), reps): the cache is read shared
+      cache = kv_cache.with_shared(cfg, cache, reps, n)
+    else:
+      cache = kv_cache.grow_cache(cfg, kv_cache.cache_rows(cache, parent), n)
+    cache = _constrain_cache(cache, mesh)
     logits0 = jnp.take(last_logits, parent, axis=0)
     pos0 = jnp.take(next_pos, parent, axis=0)
     b = parent.shape[0]
@@ -311,7 +314,10 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_re
     s = jax.lax.while_loop(cond, body, state)
     # The cache holds each row's sampled tokens but its last (never fed back), and last_logits
     # follow the last fed token: a Prefix over the prompts and their completions.
-    return s["cache"], {"tokens": s["tokens"], "logprobs": s["logprobs"], "num": s["num"],
+    cache = None
+    if return_cache:
+      cache = _constrain_cache(kv_cache.merge_shared(s["cache"]) if reps else s["cache"], mesh)
+    return cache, {"tokens": s["tokens"], "logprobs": s["logprobs"], "num": s["num"],
                         "done": s["done"], "last_logits": s["last_logits"],
                         "next_pos": pos0 + s["num"] - 1}
 
@@ -405,10 +411,26 @@ class Completion:
   finish_reason: str  # "stop" (EOS, stop id or stop string) or "length"
 
 
+def _shared_reps(prefix: Prefix, parent: Sequence[int]) -> int:
+  """R when ``parent`` is R >= 2 rows for each of the prefix's first rows in order (K samples of
+  each prompt) and its cache can be read shared (``kv_cache.with_shared``); else 0."""
+  m = prefix.num_rows
+  if "pos_local" in prefix.cache or len(parent) % m or len(parent) < 2 * m:
+    return 0
+  reps = len(parent) // m
+  return reps if np.array_equal(parent, np.repeat(np.arange(m), reps)) else 0
+
+
 def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], codec: Codec,
            sampler_cfg: SamplerConfig, seed: int, mesh=None,
-           row_seeds: Sequence[int] | None = None, return_prefix: bool = False):
+           row_seeds: Sequence[int] | None = None, return_prefix: bool = False,
+           shared_prefix: bool = True):
   """Samples one completion per entry of ``parent`` (a row of ``prefix``; repeats share it).
+
+  When ``parent`` is R >= 2 rows of each row of the prefix in turn (``sample``'s samples, the K
+  rationales of scoring) and ``shared_prefix``, the R rows read their prefix's cache shared
+  instead of R copies of it (global-attention models; the same tokens and numbers to float
+  noise, faster when the prefix is long).
 
   With ``row_seeds`` (one 32-bit integer per entry), row i draws its tokens from
   ``fold_in(key(seed), row_seeds[i])`` alone: its sample no longer depends on which other rows
@@ -431,9 +453,14 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
                      tuple(sorted({codec.eos_id, *sc.stop_token_ids})),
                      tuple(q for q in stop_sequences(codec, sc.stop_strings)
                            if len(q) <= sc.max_new_tokens))
-  rows = bucket(len(parent), sc.batch_buckets, _row_multiple(mesh))
-  par = np.zeros((rows,), np.int32)
-  par[:len(parent)] = parent
+  reps = _shared_reps(prefix, parent) if shared_prefix else 0
+  if reps:  # every row of the prefix's cache (bucket padding too) gets reps rows
+    rows = prefix.cache["pos"].shape[0] * reps
+    par = np.repeat(np.arange(rows // reps, dtype=np.int32), reps)
+  else:
+    rows = bucket(len(parent), sc.batch_buckets, _row_multiple(mesh))
+    par = np.zeros((rows,), np.int32)
+    par[:len(parent)] = parent
   seeds = None
   if row_seeds is not None:
     seeds = np.zeros((rows,), np.uint32)
@@ -441,7 +468,7 @@ def decode(cfg: ModelConfig, params, prefix: Prefix, parent: Sequence[int], code
     seeds = _put_rows(seeds, mesh)
   cache, out = _decode(params, prefix.cache, _put_rows(par, mesh), prefix.last_logits,
                        jnp.asarray(prefix.next_pos), jax.random.key(seed), seeds, len(parent),
-                       cfg=cfg, mesh=mesh, spec=spec)
+                       cfg=cfg, mesh=mesh, spec=spec, reps=reps, return_cache=return_prefix)
   last_logits = out.pop("last_logits")
   out = jax.device_get(out)
   result = []

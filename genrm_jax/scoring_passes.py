@@ -188,16 +188,35 @@ def sample_verdicts(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConf
     keep = [min(_lcp([x.token_ids[:-1], b]), len(b) - 1) for x, b in zip(comps, blocks)]
     drop = [len(x.token_ids) - 1 - n for x, n in zip(comps, keep)]
     if sampler.can_rewind(sampled, drop):
-      _, out = sampler.extend(cfg, params, sampler.rewind(sampled, drop),
-                              list(range(len(comps))), [b[n:] for b, n in zip(blocks, keep)],
-                              read_ids=yes_no, mesh=mesh)
+      read = _read_by_length(cfg, params, sampler.rewind(sampled, drop), list(range(len(comps))),
+                             [b[n:] for b, n in zip(blocks, keep)], yes_no, mesh)
     else:
-      _, out = sampler.extend(cfg, params, prefix, parent, blocks, read_ids=yes_no, mesh=mesh)
-    p[chunk] = np.exp(out["read_logprobs"]).reshape(len(chunk), k, 2)
+      read = _read_by_length(cfg, params, prefix, parent, blocks, yes_no, mesh)
+    p[chunk] = np.exp(read).reshape(len(chunk), k, 2)
     generated[chunk] = np.array([len(x.token_ids) for x in comps]).reshape(len(chunk), k)
     for j, i in enumerate(chunk):
       texts[i] = rationale[j * k:(j + 1) * k]
   return p[..., 0], p[..., 1], texts, generated, tokens
+
+
+# Row buckets of the verdict reads: powers of two and 1.5 times them, so a group of 67 rows
+# costs 96 rows, not 128, for twice the shapes to compile.
+_READ_ROWS = tuple(sorted({m * 2 ** i for i in range(13) for m in (2, 3)} | {1}))
+
+
+def _read_by_length(cfg, params, prefix, parent, blocks, read_ids, mesh) -> np.ndarray:
+  """``read_logprobs`` after each ``blocks[i]`` extending row ``parent[i]`` of ``prefix``, the
+  rows extended in groups of one length bucket: most rationales need only the verdict question,
+  and one whose re-tokenization changed early must not make every row of the chunk that long."""
+  lengths = [sampler.bucket(len(b), sampler.SamplerConfig.length_buckets) for b in blocks]
+  read = np.zeros((len(blocks), len(read_ids)), np.float32)
+  for length in sorted(set(lengths)):
+    rows = [i for i, n in enumerate(lengths) if n == length]
+    _, out = sampler.extend(cfg, params, prefix, [parent[i] for i in rows],
+                            [blocks[i] for i in rows], read_ids=read_ids, mesh=mesh,
+                            batch_buckets=_READ_ROWS)
+    read[rows] = out["read_logprobs"]
+  return read
 
 
 def verdict_score(p_yes, p_no, opts: ScoringConfig):

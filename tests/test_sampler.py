@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from genrm_jax import kv_cache
 from genrm_jax import model as model_lib
 from genrm_jax import sampler, sharding, vocab as vocab_lib
 from tests import tiny_lm
@@ -182,6 +183,44 @@ def test_decode_prefix_and_rewind_equal_full_forwards(lm):
     np.testing.assert_allclose(out["read_logprobs"][i], want, rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="rewound"):
     sampler.decode(cfg, params, sampler.rewind(dec, drop), [0], codec, sc, seed=0)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_samples_of_a_prompt_read_its_cache_shared(lm, scan):
+  """K samples of each prompt attend to one copy of its cache (bucket padding rows included):
+  the same tokens as K copies, and the returned cache continues each sample exactly."""
+  cfg, params = lm
+  if scan:
+    cfg = cfg.replace(scan_layers=True)
+    params = model_lib.scan_params(params, cfg)
+  codec = tiny_lm.char_codec(eos_id=1)
+  sc = sampler.SamplerConfig(9, temperature=1.0, stop_token_ids=(5, 7))
+  prefix, _ = sampler.extend(cfg, params, None, [0] * 3, PROMPTS)  # 4 cache rows, 1 padding
+  parent = np.repeat(np.arange(3), 3).tolist()
+  assert sampler._shared_reps(prefix, parent) == 3
+  assert sampler._shared_reps(prefix, [0, 0, 1, 1, 2]) == 0
+  runs = [sampler.decode(cfg, params, prefix, parent, codec, sc, seed=0, return_prefix=True,
+                         row_seeds=list(range(9)), shared_prefix=shared) for shared in (True, False)]
+  (comps, dec), (copies, _) = runs
+  assert [c.token_ids for c in comps] == [c.token_ids for c in copies]
+  np.testing.assert_allclose([sum(c.logprobs) for c in comps],
+                             [sum(c.logprobs) for c in copies], atol=1e-4)
+  assert len({len(c.token_ids) for c in comps}) > 1
+  tails = [[9 + i % 4] for i in range(9)]
+  _, out = sampler.extend(cfg, params, dec, list(range(9)), tails, read_ids=(3, 8))
+  for i, c in enumerate(comps):
+    seq = PROMPTS[parent[i]] + c.token_ids[:-1] + tails[i]
+    want = jax.nn.log_softmax(tiny_lm.full_logits(cfg, params, seq)[-1])[np.array([3, 8])]
+    np.testing.assert_allclose(out["read_logprobs"][i], want, rtol=1e-4, atol=1e-4)
+
+
+def test_local_layers_never_read_a_shared_cache(lm):
+  cfg = tiny_lm.small_cfg(vocab_size=lm[0].vocab_size, gemma2=True)
+  params = tiny_lm.lively_params(cfg, seed=1)
+  prefix, _ = sampler.extend(cfg, params, None, [0] * 3, PROMPTS)
+  assert sampler._shared_reps(prefix, np.repeat(np.arange(3), 2).tolist()) == 0
+  with pytest.raises(ValueError, match="global attention layers only"):
+    kv_cache.with_shared(cfg, prefix.cache, 2, 4)
 
 
 def test_text_api_one_compile_per_bucket(lm, vocab):
