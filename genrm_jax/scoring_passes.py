@@ -199,22 +199,22 @@ def sample_verdicts(cfg, params, codec, yes_no, prompts, keys, opts: ScoringConf
   return p[..., 0], p[..., 1], texts, generated, tokens
 
 
-# Row buckets of the verdict reads: powers of two and 1.5 times them, so a group of 67 rows
-# costs 96 rows, not 128, for twice the shapes to compile.
-_READ_ROWS = tuple(sorted({m * 2 ** i for i in range(13) for m in (2, 3)} | {1}))
+# Verdict reads per chunk of rationales. Each read extends a quarter of the chunk's rows, those of
+# similar length (sorted): most rationales need only the verdict question, and one whose
+# re-tokenization changed early must not make every row of the chunk that long. Quarters, not
+# one group per length, so that the shapes (and compilations) do not vary from chunk to chunk.
+_READ_GROUPS = 4
 
 
 def _read_by_length(cfg, params, prefix, parent, blocks, read_ids, mesh) -> np.ndarray:
-  """``read_logprobs`` after each ``blocks[i]`` extending row ``parent[i]`` of ``prefix``, the
-  rows extended in groups of one length bucket: most rationales need only the verdict question,
-  and one whose re-tokenization changed early must not make every row of the chunk that long."""
-  lengths = [sampler.bucket(len(b), sampler.SamplerConfig.length_buckets) for b in blocks]
+  """``read_logprobs`` after each ``blocks[i]`` extending row ``parent[i]`` of ``prefix``."""
+  order = np.argsort([len(b) for b in blocks], kind="stable")
+  size = -(-len(blocks) // _READ_GROUPS)
   read = np.zeros((len(blocks), len(read_ids)), np.float32)
-  for length in sorted(set(lengths)):
-    rows = [i for i, n in enumerate(lengths) if n == length]
+  for j in range(0, len(blocks), size):
+    rows = order[j:j + size]
     _, out = sampler.extend(cfg, params, prefix, [parent[i] for i in rows],
-                            [blocks[i] for i in rows], read_ids=read_ids, mesh=mesh,
-                            batch_buckets=_READ_ROWS)
+                            [blocks[i] for i in rows], read_ids=read_ids, mesh=mesh)
     read[rows] = out["read_logprobs"]
   return read
 
