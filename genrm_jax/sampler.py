@@ -6,9 +6,10 @@ Two jitted primitives carry everything (decoding in ``sample`` and all of ``scor
   block of new tokens to each row and returns the grown cache plus what a scorer reads at each row's
   last token. A first ``prefill`` is an ``extend`` of an empty cache. Chaining them shares work: a
   question prefix is prefilled once, each solution extends it, each of K rationales extends that.
-* ``decode``: takes rows of a cache (again via ``parent``: K samples of one prompt reuse its cache),
-  then samples one token a step inside a ``lax.while_loop`` over a cache grown by
-  ``max_new_tokens`` slots, until every row hit a stop token / stop sequence or the length limit.
+* ``decode``: takes rows of a cache (again via ``parent``), then samples one token a step inside
+  a ``lax.while_loop`` over a cache grown by ``max_new_tokens`` slots, until every row hit a stop
+  token / stop sequence or the length limit. K samples of each prompt read one copy of its cache
+  (``kv_cache.with_shared``) rather than K copies.
 
 All rows share one cache write index (``cache['end']``). Prompts are left-padded and later blocks
 right-padded; padding carries segment id 0, so its slots get position -1 and are never attended;
