@@ -19,7 +19,8 @@ from genrm_jax import sharding
 from genrm_jax.config import AttentionType, ModelConfig
 
 Cache = dict[str, Any]
-CACHE_NAMES = {AttentionType.GLOBAL: ("k", "v"), AttentionType.LOCAL_SLIDING: ("k_local", "v_local")}
+CACHE_NAMES = {AttentionType.GLOBAL: ("k", "v"),
+               AttentionType.LOCAL_SLIDING: ("k_local", "v_local")}
 
 
 def local_writes(cfg: ModelConfig, cache: Cache, new_pos):

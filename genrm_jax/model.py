@@ -349,8 +349,8 @@ class Transformer(nn.Module):
 
   tokens, positions: int [B, T]. segment_ids: int [B, T], 0 marks padding; packed examples get
   distinct ids and never attend to each other. Without a cache, keys are the tokens themselves;
-  with a cache (from ``kv_cache.init_cache``) the T new keys are written at slots ``cache['end']`` onward
-  and queries attend to every filled slot at an earlier or equal position.
+  with a cache (from ``kv_cache.init_cache``) the T new keys are written at slots
+  ``cache['end']`` onward and queries attend to every filled slot at an earlier or equal position.
   Returns (logits float32 [B, T, V], new cache or None), plus the final hidden states
   [B, T, D] when ``return_hidden``. ``hidden_states`` stops before the unembedding, for callers
   that need the logits of a few positions only (``genrm_jax.logits``).
@@ -390,7 +390,8 @@ class Transformer(nn.Module):
       return logits, new_cache, hidden
     return logits, new_cache
 
-  def hidden_states(self, tokens, positions, segment_ids=None, cache: kv_cache.Cache | None = None):
+  def hidden_states(self, tokens, positions, segment_ids=None,
+                    cache: kv_cache.Cache | None = None):
     """(final-norm hidden states [B, T, D], new cache or None): ``__call__`` without logits."""
     cfg = self.cfg
     if segment_ids is None:

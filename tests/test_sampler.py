@@ -200,7 +200,8 @@ def test_samples_of_a_prompt_read_its_cache_shared(lm, scan):
   assert sampler._shared_reps(prefix, parent) == 3
   assert sampler._shared_reps(prefix, [0, 0, 1, 1, 2]) == 0
   runs = [sampler.decode(cfg, params, prefix, parent, codec, sc, seed=0, return_prefix=True,
-                         row_seeds=list(range(9)), shared_prefix=shared) for shared in (True, False)]
+                         row_seeds=list(range(9)), shared_prefix=shared)
+          for shared in (True, False)]
   (comps, dec), (copies, _) = runs
   assert [c.token_ids for c in comps] == [c.token_ids for c in copies]
   np.testing.assert_allclose([sum(c.logprobs) for c in comps],
