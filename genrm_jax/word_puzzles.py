@@ -27,6 +27,7 @@ each solution line is compared with the expected step, then the answer, then the
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 import re
@@ -202,7 +203,8 @@ _ANSWER_LINE = re.compile(r"^The answer is .*$")
 #   sampled rationales got wrong; here each is two letters on one line. The unit comes before
 #   the step: written after it (equal in most lines), one seed's verifier learnt to copy the
 #   step's letter instead of the answer's and marked every pair Yes. A step with no unit left
-#   is ``<step> missing``; units left after the last step, ``extra <units>``.
+#   is ``<step> missing``; units left after the last step, ``extra <units>``. Word sorting walks
+#   the answer's adjacent pairs and then the question's words instead (``_walk_sorting``).
 RATIONALE_STYLES = ("check", "derive", "walk")
 # On the default run's first 128 test problems (seed 0), GenRM-CoT at N = 16: .742 with "check",
 # .828 with "walk" (README).
@@ -240,6 +242,8 @@ def _walk(problem: Problem, got: str | None) -> str:
   """The "walk" rationale's lines (see ``RATIONALE_STYLES``)."""
   task = problem.task
   units = answer_parts(task, got) if got is not None else []
+  if task == WORD_SORTING:
+    return _walk_sorting(problem, units)
   expected = answer_parts(task, problem.answer)
   lines = []
   for k, step in enumerate(problem.steps()):
@@ -251,6 +255,28 @@ def _walk(problem: Problem, got: str | None) -> str:
     lines.append(" ".join([units[k], *rest, step]) + verdict)
   if len(units) > len(expected):
     lines.append(f"extra {_join(task, units[len(expected):])}")
+  return "\n".join(lines)
+
+
+def _walk_sorting(problem: Problem, units: list[str]) -> str:
+  """Word sorting's walk: its reference steps (the k-th word in order) are the sorting the policy
+  gets wrong, so the stated answer is checked pair by pair instead. A line per answer word,
+  ``<word> <next word or "end"> Yes|No``: Yes when the pair is in order and the word is one of the
+  question's (not used up by the words before it). Then a line per question word, in the
+  question's order, ``<word> Yes|No``: whether the answer has it. Every decision compares two
+  adjacent words or looks one word up; together they hold exactly when the answer is the
+  question's words in order."""
+  left = collections.Counter(problem.words)
+  lines = []
+  for k, unit in enumerate(units):
+    after = units[k + 1] if k + 1 < len(units) else "end"
+    ok = left[unit] > 0 and (k + 1 == len(units) or unit <= after)
+    left[unit] -= 1
+    lines.append(f"{unit} {after}" + formats.verdict_target(ok))
+  have = collections.Counter(units)
+  for word in problem.words:
+    lines.append(word + formats.verdict_target(have[word] > 0))
+    have[word] -= 1
   return "\n".join(lines)
 
 

@@ -53,11 +53,16 @@ def test_solver_mistakes_are_caught_by_the_rationale(task, style):
     ok = alg.is_correct(p, sol)
     assert ok == (sol == p.solution)  # every mistake reaches the answer
     rat = alg.rationale(p, sol, style)
-    if style == "walk":  # one line per reference step, whatever the candidate's steps
+    if style == "walk" and task == alg.LAST_LETTERS:  # a line per reference step
       assert all((line.endswith(step + formats.YES) or line.endswith(step + formats.NO)
                   or line == step + " missing")
                  for line, step in zip(rat.split("\n"), p.steps(), strict=False))
       assert len(rat.split("\n")) >= len(p.steps()) + 1
+    if style == "walk" and task == alg.WORD_SORTING:  # answer pairs, then the question's words
+      lines = rat.split("\n")[:-1]
+      words = [line.rsplit(" ", 1)[0] for line in lines[-len(p.words):]]
+      assert words == list(p.words)
+      assert all(line.endswith((formats.YES, formats.NO)) for line in lines)
     assert formats.parse_verdict(rat) == ok and rat.endswith(formats.VERDICT_QUESTION +
                                                               formats.verdict_target(ok))
     # A rationale sampled up to the verdict's first word, completed with the fixed question,
@@ -83,6 +88,21 @@ def test_rationale_of_a_policy_sample_with_extra_lines():
       "b x ab:b Yes\nx cd:d No\n")
   assert alg.rationale(p, "ab:b\nThe answer is b.", "walk").startswith(
       "b ab:b Yes\ncd:d missing\n")
+
+
+def test_word_sorting_walk_checks_pairs_and_the_question_words():
+  p = alg.Problem(alg.WORD_SORTING, ("pear", "apple", "fig"))
+  body = lambda sol: alg.rationale(p, sol, "walk").split("\nVerification")[0]  # noqa: E731
+  assert body(p.solution) == ("apple fig Yes\nfig pear Yes\npear end Yes\n"
+                              "pear Yes\napple Yes\nfig Yes")
+  assert body("The answer is apple pear fig.").startswith("apple pear Yes\npear fig No\n")
+  assert body("The answer is apple fig.").endswith("fig end Yes\npear No\napple Yes\nfig Yes")
+  # A repeated word is in order with its twin but exceeds the question's count; a changed
+  # word is not the question's, and the word it replaced is missing.
+  assert "fig fig Yes\nfig pear No" in body("The answer is apple fig fig pear.")
+  changed = body("The answer is apple fjg pear.")
+  assert changed.startswith("apple fjg Yes\nfjg pear No\n") and changed.endswith("fig No")
+  assert body("no answer") == "pear No\napple No\nfig No"
 
 
 @pytest.mark.parametrize("task", alg.TASKS)
