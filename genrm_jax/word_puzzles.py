@@ -259,25 +259,36 @@ def _walk(problem: Problem, got: str | None) -> str:
 
 
 def _walk_sorting(problem: Problem, units: list[str]) -> str:
-  """Word sorting's walk: its reference steps (the k-th word in order) are the sorting the policy
-  gets wrong, so the stated answer is checked pair by pair instead. A line per answer word,
-  ``<word> <next word or "end"> Yes|No``: Yes when the pair is in order and the word is one of the
-  question's (not used up by the words before it). Then a line per question word, in the
-  question's order, ``<word> Yes|No``: whether the answer has it. Every decision compares two
-  adjacent words or looks one word up; together they hold exactly when the answer is the
-  question's words in order."""
-  left = collections.Counter(problem.words)
+  """Word sorting's walk. Its reference steps (the k-th word in order) are the sorting the policy
+  gets wrong, and most wrong answers are in order but miscopy, drop or add a word, so the answer
+  is checked word by word against the question and pair by pair for order. A line per answer
+  word, ``<word> <its closest question word> <next answer word or "end"> Yes|No``: Yes when the
+  first two are equal and the word comes before the next one. Then a line per question word, in
+  the question's order, ``<word> <its closest answer word> Yes|No``: Yes when they are equal.
+  Each decision compares two words on one line, and each copy is a lookup of the most similar
+  word (``_closest``); the lines hold together exactly when the answer is the question's words
+  in order (a word's copies beyond its count in the question are No)."""
   lines = []
+  left = collections.Counter(problem.words)
   for k, unit in enumerate(units):
     after = units[k + 1] if k + 1 < len(units) else "end"
-    ok = left[unit] > 0 and (k + 1 == len(units) or unit <= after)
+    ok = left[unit] > 0 and (after == "end" or unit < after or (unit == after and left[unit] > 1))
     left[unit] -= 1
-    lines.append(f"{unit} {after}" + formats.verdict_target(ok))
+    lines.append(f"{unit} {_closest(unit, problem.words)} {after}" + formats.verdict_target(ok))
   have = collections.Counter(units)
   for word in problem.words:
-    lines.append(word + formats.verdict_target(have[word] > 0))
+    lines.append(f"{word} {_closest(word, units)}" + formats.verdict_target(have[word] > 0))
     have[word] -= 1
   return "\n".join(lines)
+
+
+def _closest(word: str, pool) -> str:
+  """The word of ``pool`` most like ``word`` (equal, then most letters equal in place, then
+  nearest in length, then first); "none" for an empty pool."""
+  if not pool:
+    return "none"
+  return max(pool, key=lambda w: (w == word, sum(a == b for a, b in zip(w, word)),
+                                  -abs(len(w) - len(word))))
 
 
 def parse_solution(solution: str) -> tuple[list[str], str | None]:

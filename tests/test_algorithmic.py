@@ -60,7 +60,7 @@ def test_solver_mistakes_are_caught_by_the_rationale(task, style):
       assert len(rat.split("\n")) >= len(p.steps()) + 1
     if style == "walk" and task == alg.WORD_SORTING:  # answer pairs, then the question's words
       lines = rat.split("\n")[:-1]
-      words = [line.rsplit(" ", 1)[0] for line in lines[-len(p.words):]]
+      words = [line.split(" ", 1)[0] for line in lines[-len(p.words):]]
       assert words == list(p.words)
       assert all(line.endswith((formats.YES, formats.NO)) for line in lines)
     assert formats.parse_verdict(rat) == ok and rat.endswith(formats.VERDICT_QUESTION +
@@ -90,19 +90,24 @@ def test_rationale_of_a_policy_sample_with_extra_lines():
       "b ab:b Yes\ncd:d missing\n")
 
 
-def test_word_sorting_walk_checks_pairs_and_the_question_words():
+def test_word_sorting_walk_checks_words_and_pairs():
   p = alg.Problem(alg.WORD_SORTING, ("pear", "apple", "fig"))
   body = lambda sol: alg.rationale(p, sol, "walk").split("\nVerification")[0]  # noqa: E731
-  assert body(p.solution) == ("apple fig Yes\nfig pear Yes\npear end Yes\n"
-                              "pear Yes\napple Yes\nfig Yes")
-  assert body("The answer is apple pear fig.").startswith("apple pear Yes\npear fig No\n")
-  assert body("The answer is apple fig.").endswith("fig end Yes\npear No\napple Yes\nfig Yes")
-  # A repeated word is in order with its twin but exceeds the question's count; a changed
-  # word is not the question's, and the word it replaced is missing.
-  assert "fig fig Yes\nfig pear No" in body("The answer is apple fig fig pear.")
+  assert body(p.solution) == ("apple apple fig Yes\nfig fig pear Yes\npear pear end Yes\n"
+                              "pear pear Yes\napple apple Yes\nfig fig Yes")
+  assert body("The answer is apple pear fig.").startswith(
+      "apple apple pear Yes\npear pear fig No\nfig fig end Yes\n")
+  # A dropped word: the question's line for it finds no equal word in the answer.
+  assert body("The answer is apple fig.").endswith(
+      "fig fig end Yes\npear apple No\napple apple Yes\nfig fig Yes")
+  # A repeated word is not before its twin, and its second copy exceeds the question's count.
+  assert "fig fig fig No\nfig fig pear No" in body("The answer is apple fig fig pear.")
+  # A changed word: its closest question word differs, and that word's line finds it missing.
   changed = body("The answer is apple fjg pear.")
-  assert changed.startswith("apple fjg Yes\nfjg pear No\n") and changed.endswith("fig No")
-  assert body("no answer") == "pear No\napple No\nfig No"
+  assert changed.startswith("apple apple fjg Yes\nfjg fig pear No\n")
+  assert changed.endswith("fig fjg No")
+  assert "banana apple fig No" in body("The answer is apple banana fig pear.")
+  assert body("no answer") == "pear none No\napple none No\nfig none No"
 
 
 @pytest.mark.parametrize("task", alg.TASKS)
