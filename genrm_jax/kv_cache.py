@@ -4,8 +4,10 @@ Keys and values are [n, B, K, H, S] buffers (see ``init_cache``); ``pos`` [B, S]
 position (-1: empty or padding), ``end`` the next write index, shared by all rows. Global layers
 store a token per slot in write order (``k``, ``v``); local sliding-window layers store it at
 position modulo the window (``k_local``, ``v_local``, positions in ``pos_local``), so a long
-context costs them no more than their window. The model reads and writes one layer's buffers
-(``model.Attention``); everything that touches all of a cache at once is here.
+context costs them no more than their window. A cache may also carry ``shared``: the keys,
+values and positions of fewer rows that its rows read before their own (``with_shared``). The
+model reads and writes one layer's buffers (``model.Attention``); everything that touches all of
+a cache at once is here.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ CACHE_NAMES = {AttentionType.GLOBAL: ("k", "v"),
 
 def local_writes(cfg: ModelConfig, cache: Cache, new_pos):
   """Where local layers store new tokens (position mod window, per row; out of range = dropped),
-  their cache's new positions, and the key positions they attend to (see ``_cache_update``).
+  their cache's new positions, and the key positions they attend to (``model._cache_update``).
 
   A row's positions are below the cache length (they count its real tokens), so while the cache
   is no longer than the window no two positions share a slot and the slots never move as it grows.
