@@ -132,9 +132,10 @@ class PipelineConfig:
   # Fixed text of the format (formats.PHRASES) as single pieces of the task vocabulary.
   vocab_phrases: bool = True
   cot_votes: int = 4
-  # Longest solution / rationale sampled (6-word solutions and their checks fit with room). The
-  # rationale stops at "Verification:": the verdict question that follows is fixed text, fed to
-  # the verifier rather than sampled.
+  # Longest solution / rationale sampled (6-word solutions and their last-letter checks fit with
+  # room; word sorting's run to 221 tokens at 5 words: give it 256). The rationale stops at
+  # "Verification:": the verdict question that follows is fixed text, fed to the verifier rather
+  # than sampled.
   max_solution_tokens: int = 128
   max_rationale_tokens: int = 160
   rationale_temperature: float = 0.7
