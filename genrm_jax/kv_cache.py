@@ -129,30 +129,25 @@ def layer_buffer(buf, layer: int) -> jax.Array:
 
 def with_shared(cfg: ModelConfig, shared: Cache, reps: int, n: int) -> Cache:
   """An empty cache of ``n`` slots for ``reps`` rows per row of ``shared`` (a full cache:
-  ``end`` at its last slot, as every extension leaves it), reading ``shared`` before its own."""
+  ``end`` at its last slot, as every extension leaves it), reading ``shared`` before its own.
+  The shared keys and values stay one row per prompt; their positions, a few integers a slot,
+  are spread to every row once here rather than at every decode step."""
   if "pos_local" in shared:
     raise ValueError("a shared-prefix cache serves models with global attention layers only")
-  own = init_cache(cfg, shared["pos"].shape[0] * reps, n, dtype=str(shared["k"][0].dtype))
-  return {**own, "shared": {name: shared[name] for name in ("k", "v", "pos")}}
-
-
-def shared_key_positions(cache: Cache, own_pos: jax.Array) -> jax.Array:
-  """[B, S_shared + S] positions of every key a row sees: its shared row's, then its own."""
-  shared = cache["shared"]["pos"]
-  reps = own_pos.shape[0] // shared.shape[0]
-  return jnp.concatenate([jnp.repeat(shared, reps, axis=0), own_pos], axis=1)
+  rows = shared["pos"].shape[0] * reps
+  own = init_cache(cfg, rows, n, dtype=str(shared["k"][0].dtype))
+  return {**own, "shared": {"k": shared["k"], "v": shared["v"],
+                            "pos": jnp.repeat(shared["pos"], reps, axis=0)}}
 
 
 def merge_shared(cache: Cache) -> Cache:
   """The plain cache of the same rows: each row's shared slots copied in front of its own."""
   shared = cache["shared"]
-  reps = cache["pos"].shape[0] // shared["pos"].shape[0]
+  reps = cache["pos"].shape[0] // jax.tree.leaves(shared["k"])[0].shape[1]
 
-  def merge(name, a, b):
-    logical = CACHE_LOGICAL[name]
-    return jnp.concatenate([jnp.repeat(a, reps, axis=logical.index("batch")), b],
-                           axis=logical.index("kv_length"))
+  def merge(a, b):  # [n, P, K, H, S] after [n, P * reps, K, H, S']
+    return jnp.concatenate([jnp.repeat(a, reps, axis=1), b], axis=-1)
 
-  out = {name: jax.tree.map(lambda a, b, name=name: merge(name, a, b), shared[name], cache[name])
-         for name in ("k", "v", "pos")}
-  return {**out, "end": shared["pos"].shape[1] + cache["end"]}
+  out = {name: jax.tree.map(merge, shared[name], cache[name]) for name in ("k", "v")}
+  return {**out, "pos": jnp.concatenate([shared["pos"], cache["pos"]], axis=1),
+          "end": shared["pos"].shape[1] + cache["end"]}

@@ -412,7 +412,8 @@ class Transformer(nn.Module):
       mask_pos = k_pos
       if "shared" in cache:
         kv["shared"] = cache["shared"]
-        mask_pos = kv_cache.shared_key_positions(cache, k_pos)
+        # [B, S_shared + S]: every key a row sees, its prompt's then its own.
+        mask_pos = jnp.concatenate([cache["shared"]["pos"], k_pos], axis=1)
       k_valid = mask_pos >= 0
     masks = attention_masks(cfg, positions, segment_ids, mask_pos, k_valid, k_seg, local_k_pos)
 
