@@ -207,6 +207,12 @@ def test_samples_of_a_prompt_read_its_cache_shared(lm, scan):
   np.testing.assert_allclose([sum(c.logprobs) for c in comps],
                              [sum(c.logprobs) for c in copies], atol=1e-4)
   assert len({len(c.token_ids) for c in comps}) > 1
+  for i, c in enumerate(comps):  # each sampled token's log-probability, by full forwards
+    seq = PROMPTS[parent[i]] + c.token_ids
+    ref = jax.nn.log_softmax(tiny_lm.full_logits(cfg, params, seq[:-1]), axis=-1)
+    n = len(PROMPTS[parent[i]])
+    np.testing.assert_allclose(c.logprobs, [ref[n - 1 + t, tok] for t, tok in
+                                            enumerate(c.token_ids)], atol=2e-4)
   tails = [[9 + i % 4] for i in range(9)]
   _, out = sampler.extend(cfg, params, dec, list(range(9)), tails, read_ids=(3, 8))
   for i, c in enumerate(comps):
