@@ -54,7 +54,8 @@ def test_every_task_and_mixture_yields_batches(vocab, task):
       assert set(b) == {"inputs", "targets", "loss_weights", "positions", "segment_ids",
                         "verdict_weights"}
     elif kind == "disc":
-      assert b["score_index"].shape == (4,) and set(np.unique(b["labels"])) <= {0.0, 1.0}
+      assert set(np.unique(b["labels"])) <= {0.0, 1.0}
+      assert b["score_weights"].sum() >= 4 and not b["labels"][b["score_weights"] == 0].any()
     else:
       assert b["chosen_loss_weights"].sum() > 0 and b["rejected_loss_weights"].sum() > 0
 
@@ -161,8 +162,9 @@ def _all_examples(vocab, **kw):
   rows = []
   for b in it:
     for i in range(len(b["labels"])):
-      if b["segment_ids"][i].any():
-        rows.append(vocab.sp.decode(b["inputs"][i][1:b["score_index"][i] + 1].tolist()))
+      for start, end in _segments({k: v[i] for k, v in b.items()}):
+        assert b["score_weights"][i][end - 1] == 1.0 and b["score_weights"][i][start:end].sum() == 1
+        rows.append(vocab.sp.decode(b["inputs"][i][start + 1:end].tolist()))
   return rows, it.stats
 
 

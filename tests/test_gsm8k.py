@@ -179,7 +179,7 @@ def test_gsm8k_verifier_data_are_balanced_per_question(tmp_path, vocab):
         continue
       text = vocab.decode(b["inputs"][0])
       q = next(i for i, q in enumerate(QUESTIONS, start=1) if f"Q: {q}\n" in text)
-      got[q, bool(b["labels"][0]) if kind == "disc" else True] += 1
+      got[q, bool(b["labels"][0][b["score_weights"][0] > 0][0]) if kind == "disc" else True] += 1
     return got
 
   try:
@@ -210,10 +210,13 @@ def test_candidate_file_tasks_labelled_by_answer_checking(root, vocab, tmp_path)
                 for i in (1, 2) for c in (True, False)])
   gsm8k_tasks.register_candidate_tasks("mine", str(path),
                                        gsm8k_jsonl=str(root / "gsm8k" / "train.jsonl"))
-  b = next(data.get_batches("mine_discriminative", "all", batch_size=4, seq_len=1024,
-                            objective="disc", vocab=vocab, repeat=False))
-  got = {(vocab.decode(b["inputs"][i]).rsplit("The answer is ", 1)[1], float(b["labels"][i]))
-         for i in range(4)}
+  got = set()
+  for b in data.get_batches("mine_discriminative", "all", batch_size=4, seq_len=1024,
+                            objective="disc", vocab=vocab, repeat=False):
+    for row, lab, sids in zip(b["inputs"], b["labels"], b["segment_ids"]):
+      for sid in np.unique(sids[sids > 0]):  # packed: each example its own segment
+        where = np.flatnonzero(sids == sid)
+        got.add((vocab.decode(row[where]).rsplit("The answer is ", 1)[1], float(lab[where[-1]])))
   assert got == {("3.", 1.0), ("4.", 0.0), ("5.", 1.0), ("6.", 0.0)}
   _write(path, [{"question_id": 9, "question": "unknown?", "solution": "The answer is 1."}])
   gsm8k_tasks.register_candidate_tasks("mine2", str(path))

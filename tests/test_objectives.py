@@ -77,17 +77,25 @@ def test_disc_loss_and_score(z_loss):
   batch = synthetic.make_batch(1, batch_size=B, seq_len=T, objective="disc", vocab_size=24)
   obj = objectives.ObjectiveConfig("disc", disc_z_loss=z_loss)
   terms = jax.jit(objectives.loss_terms_fn(obj, CFG))(params, batch, None)
-  _, _, hidden = _forward(params["model"], batch["inputs"], batch["positions"],
-                          batch["segment_ids"])
-  last = np.asarray(hidden, np.float64)[np.arange(B), batch["score_index"]]
-  s = last @ np.asarray(head["w"], np.float64) + 0.3
-  np.testing.assert_allclose(objectives.disc_score(hidden, head, batch["score_index"]), s,
-                             rtol=1e-5)
-  y = batch["labels"]
-  logz = np.log1p(np.exp(s))
-  want = np.mean(-(y * (s - logz) + (1 - y) * (-logz)) + z_loss * logz ** 2)
-  np.testing.assert_allclose(terms.loss / terms.weight, want, rtol=1e-5)
-  assert float(terms.correct) == ((s > 0) == (y > 0.5)).sum()
+  # Each packed example alone, from its own BOS-less start: its last token's hidden state.
+  want, hits, n = 0.0, 0, 0
+  for i in range(B):
+    sids = batch["segment_ids"][i]
+    for sid in np.unique(sids[sids > 0]):
+      where = np.flatnonzero(sids == sid)
+      seq = batch["inputs"][i][where][None]
+      _, _, hidden = _forward(params["model"], seq, np.arange(len(where))[None],
+                              np.ones_like(seq))
+      s = np.asarray(hidden, np.float64)[0, -1] @ np.asarray(head["w"], np.float64) + 0.3
+      y = batch["labels"][i][where[-1]]
+      assert batch["score_weights"][i][where[-1]] == 1.0
+      logz = np.log1p(np.exp(s))
+      want += -(y * (s - logz) + (1 - y) * (-logz)) + z_loss * logz ** 2
+      hits += (s > 0) == (y > 0.5)
+      n += 1
+  assert n > B and batch["score_weights"].sum() == n  # rows hold two examples
+  np.testing.assert_allclose(terms.loss / terms.weight, want / n, rtol=1e-5)
+  assert float(terms.correct) == hits and float(terms.count) == n
 
 
 @pytest.mark.parametrize("chunk", [0, 5])

@@ -4,9 +4,11 @@ The head reads the last real token of ``records.discriminative``'s text (questio
 the loss is binary cross-entropy on correct (1) / incorrect (0), plus an optional z-loss
 ``z_loss * log(1 + e^s)^2`` (the squared log partition function of the logits (0, s); the
 paper's appendix reports 1e-4) that keeps the score from drifting. It never unembeds. Records
-{"inputs", "label"} -> batch "labels" (1.0 = correct solution); one example a row, never packed.
-Score (``disc``): the head's logit s. The model directory's metadata carries the head
-(``disc_head``).
+{"inputs", "label"} -> rows packed like the LM objective's (each example its own segment, its
+positions from 0): "score_weights" is 1 at each example's last token and "labels" holds its label
+there (1.0 = correct solution). One example a row left rows of the last-letters verifier data
+under half full. Score (``disc``): the head's logit s. The model directory's metadata carries the
+head (``disc_head``).
 """
 
 from __future__ import annotations
@@ -31,11 +33,9 @@ def init_head(cfg: ModelConfig) -> dict[str, jax.Array]:
   return {"w": jnp.zeros((cfg.embed_dim,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
 
 
-def disc_score(hidden: jax.Array, head: dict[str, jax.Array], score_index: jax.Array
-               ) -> jax.Array:
-  """The logit [B] from final hidden states [B, T, D] at ``score_index``."""
-  last = jnp.take_along_axis(hidden, score_index[:, None, None], axis=1)[:, 0]  # [B, D]
-  return jnp.einsum("BD,D->B", last.astype(jnp.float32), head["w"]) + head["b"]
+def disc_score(hidden: jax.Array, head: dict[str, jax.Array]) -> jax.Array:
+  """The head's logit at every position: final hidden states [..., D] -> [...]."""
+  return jnp.einsum("...D,D->...", hidden.astype(jnp.float32), head["w"]) + head["b"]
 
 
 def head_to_json(head: dict[str, Any]) -> dict[str, Any]:
@@ -72,8 +72,7 @@ def _score(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
     _, out, _ = passes.prefill(cfg, params, sub, [questions[i] for i in chunk],
                                [len(s) - 1 for s in sub], share=opts.share_prefix,
                                read_ids=(0,), mesh=mesh)
-    hidden = out["last_hidden"][:, None, :]  # [M, 1, D]: the last token is the only one
-    scores[chunk] = np.asarray(disc_score(hidden, head, np.zeros(len(sub), np.int32)))
+    scores[chunk] = np.asarray(disc_score(out["last_hidden"], head))  # [M, D] -> [M]
   return passes.ScoreResult(scores, tokens=sum(map(len, seqs)))
 
 
@@ -88,8 +87,28 @@ def _sigmoid(scores: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- rows
 
 
+def _row(segments, seq_len: int) -> rows.Row:
+  """One row of (tokens, label) segments, zero-padded; each scored at its last token."""
+  row = {k: np.zeros(seq_len, np.int32) for k in ("inputs", "positions", "segment_ids")}
+  row.update({k: np.zeros(seq_len, np.float32) for k in ("score_weights", "labels")})
+  start = 0
+  for sid, (seq, label) in enumerate(segments, start=1):
+    end = start + len(seq)
+    row["inputs"][start:end] = seq
+    row["positions"][start:end] = np.arange(len(seq))
+    row["segment_ids"][start:end] = sid
+    row["score_weights"][end - 1] = 1.0
+    row["labels"][end - 1] = label
+    start = end
+  return row
+
+
 class _Rows(rows.Converter):
-  """One example a row: [BOS] inputs, scored at its last token."""
+  """Packed rows of [BOS] inputs segments, each scored at its last token."""
+
+  def __init__(self, seq_len: int, vocab: Any, pack: bool):
+    super().__init__(seq_len, vocab)
+    self.packer = rows.Packer(seq_len, pack)
 
   def add(self, ex: dict[str, np.ndarray]) -> list[rows.Row]:
     seq = np.concatenate([[self.bos], ex["inputs"]]).astype(np.int32)
@@ -98,18 +117,13 @@ class _Rows(rows.Converter):
       return []
     self.stats.examples += 1
     self.stats.tokens += len(seq)
-    row = {k: np.zeros(self.seq_len, np.int32) for k in ("inputs", "positions", "segment_ids")}
-    row["inputs"][:len(seq)] = seq
-    row["positions"][:len(seq)] = np.arange(len(seq))
-    row["segment_ids"][:len(seq)] = 1
-    row["score_index"] = np.int32(len(seq) - 1)
-    row["labels"] = np.float32(ex["label"])
-    return [row]
+    return [_row(segs, self.seq_len) for segs in self.packer.add((seq, float(ex["label"])))]
+
+  def flush(self) -> list[rows.Row]:
+    return [_row(segs, self.seq_len) for segs in self.packer.flush()]
 
   def empty_row(self) -> rows.Row:
-    z = np.zeros(self.seq_len, np.int32)
-    return {"inputs": z, "positions": z, "segment_ids": z, "score_index": np.int32(0),
-            "labels": np.float32(0)}
+    return _row([], self.seq_len)
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -122,8 +136,8 @@ class Discriminative(base.Objective):
   text_fields = {"inputs": False}
   passthrough = ("label",)
   batch_fields = {"inputs": (2, np.int32), "positions": (2, np.int32),
-                  "segment_ids": (2, np.int32), "score_index": (1, np.int32),
-                  "labels": (1, np.float32)}
+                  "segment_ids": (2, np.int32), "score_weights": (2, np.float32),
+                  "labels": (2, np.float32)}
   methods = (base.Method("disc", "discriminative", _score, _context, probability=_sigmoid),)
 
   def check_record(self, record: dict[str, Any], verdict: bool) -> str | None:
@@ -135,20 +149,20 @@ class Discriminative(base.Objective):
     return {"label": np.array([float(r["label"]) for r in records], np.float32)}
 
   def converter(self, seq_len: int, vocab: Any, pack: bool) -> rows.Converter:
-    return _Rows(seq_len, vocab)
+    return _Rows(seq_len, vocab, pack)
 
   def synthetic_batch(self, rng: np.random.Generator, batch_size: int, seq_len: int,
                       vocab_size: int) -> dict[str, np.ndarray]:
-    """Label 1 when the last real token lies in the lower half of the vocabulary."""
-    b, t = batch_size, seq_len
+    """Two packed examples a row (the second may be cut short by padding); label 1 when an
+    example's last token lies in the lower half of the vocabulary."""
     mid = (rows.FIRST_CONTENT_ID + vocab_size) // 2
-    copied = rows.copy_rows(rng, b, t, (rows.FIRST_CONTENT_ID, vocab_size), copy=True)
-    lengths = rng.integers(t // 2 + 1, t + 1, size=b)
-    real = np.arange(t)[None, :] < lengths[:, None]
-    return {"inputs": np.where(real, copied["inputs"], 0).astype(np.int32),
-            "positions": copied["positions"], "segment_ids": real.astype(np.int32),
-            "score_index": (lengths - 1).astype(np.int32),
-            "labels": (copied["inputs"][np.arange(b), lengths - 1] < mid).astype(np.float32)}
+    out = []
+    for _ in range(batch_size):
+      first = int(rng.integers(1, seq_len // 2 + 1))
+      second = int(rng.integers(1, seq_len - first + 1))
+      segs = [rng.integers(rows.FIRST_CONTENT_ID, vocab_size, size=n) for n in (first, second)]
+      out.append(_row([(s, float(s[-1] < mid)) for s in segs], seq_len))
+    return {k: np.stack([r[k] for r in out]) for k in out[0]}
 
   def init_params(self, cfg: ModelConfig) -> dict[str, Any]:
     return {"head": init_head(cfg)}
@@ -158,13 +172,13 @@ class Discriminative(base.Objective):
       del ref_params
       hidden = base.hidden_states(cfg, params["model"], batch["inputs"], batch["positions"],
                                   batch["segment_ids"])
-      score = disc_score(hidden, params["head"], batch["score_index"])
-      labels = batch["labels"].astype(jnp.float32)
+      score = disc_score(hidden, params["head"])  # [B, T]: cheap next to the trunk
+      w, labels = batch["score_weights"], batch["labels"]
       loss = optax.sigmoid_binary_cross_entropy(score, labels)
       loss += oc.disc_z_loss * jnp.square(jax.nn.softplus(score))
       hit = ((score > 0) == (labels > 0.5)).astype(jnp.float32)
-      n = jnp.asarray(labels.shape[0], jnp.float32)
-      return base.Terms(jnp.sum(loss), n, jnp.sum(hit), n)
+      n = jnp.sum(w)
+      return base.Terms(jnp.sum(w * loss), n, jnp.sum(w * hit), n)
     return terms
 
   def model_dir_meta(self, params: dict[str, Any]) -> dict[str, Any]:
