@@ -235,8 +235,8 @@ class Runner:
 
   def experiment(self, gin_file: str, data: str, steps: int, decay_steps: int | None = None,
                  init_from: str = "scratch", objective: Sequence[tuple[str, Any]] = (),
-                 mixture: records.MixtureConfig | None = None, add_layers: int = 0
-                 ) -> tuple[train.Experiment, str]:
+                 mixture: records.MixtureConfig | None = None, add_layers: int = 0,
+                 fit_rows: bool = False) -> tuple[train.Experiment, str]:
     """A training stage's experiment: the model and stage gin files (with ``extra_bindings``), then
     what the pipeline decides; and its config.gin text, the gin files' operative config followed
     by the bindings that the pipeline's settings amount to."""
@@ -253,13 +253,39 @@ class Runner:
                                  num_layers=base.model.num_layers + add_layers),
         train=dataclasses.replace(base.train, seed=pc.seed, num_steps=steps, init_from=init_from,
                                   add_layers=add_layers),
-        data=dataclasses.replace(base.data, name=data, seed=pc.seed, vocab_path=vocab_path,
-                                 mixture=mixture or base.data.mixture),
+        data=dataclasses.replace(
+            base.data, name=data, seed=pc.seed, vocab_path=vocab_path,
+            mixture=mixture or base.data.mixture,
+            seq_len=self.row_length(data, base.data.seq_len, mixture) if fit_rows
+            else base.data.seq_len),
         optim=dataclasses.replace(base.optim, warmup_steps=max(1, steps // 10),
                                   decay_steps=decay_steps or steps),
         objective=dataclasses.replace(base.objective, **dict(objective)))
     bindings = train.bindings_between(base, exp)
     return exp, f"{operative}\n# Set by genrm_jax.pipeline:\n" + "\n".join(bindings) + "\n"
+
+  def row_length(self, data_name: str, least: int, mixture: records.MixtureConfig) -> int:
+    """``least``, or rows long enough for the longest record of the task or mixture (rounded up
+    to 32) if that is longer: the trainer drops a record longer than its rows, and the stage gin
+    files size rows for last letters, whose records are about half as long as word sorting's."""
+    import seqio  # pylint: disable=g-import-not-at-top
+    import tasks  # pylint: disable=g-import-not-at-top
+    from genrm_jax import data  # pylint: disable=g-import-not-at-top
+    tasks.register_all(mixture)
+    provider = seqio.get_mixture_or_task(data_name)
+    names = ([t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture)
+             else [data_name])
+    longest = 0
+    for name in names:
+      for ex in data.tokenized_examples(name, "train", repeat=False, shuffle=False,
+                                        vocab=self.path("vocab.model")):
+        # BOS + inputs + targets (EOS included) bounds every objective's row segment.
+        longest = max(longest, 1 + len(ex["inputs"]) + len(ex.get("targets", ())))
+    need = -(-longest // 32) * 32
+    if need > least:
+      print(f"{data_name}: rows of {need} positions, not {least}: its longest record has "
+            f"{longest} tokens", flush=True)
+    return max(least, need)
 
   def mixture(self) -> records.MixtureConfig:
     """The verifiers' data: the selected samples of the policy, with programmatic rationales."""
@@ -361,7 +387,8 @@ class Runner:
                  lambda recipe=recipe, workdir=workdir: self.train_stage(
                      workdir, recipe.gin_file, recipe.data, getattr(pc, recipe.steps),
                      init_from=f"genrm:{self.path('policy')}", objective=recipe.objective,
-                     mixture=self.mixture(), add_layers=pc.verifier_add_layers), "verifier")
+                     mixture=self.mixture(), add_layers=pc.verifier_add_layers,
+                     fit_rows=True), "verifier")
     eval_dir = self.path("eval")
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
                lambda: self.evaluate(recipes, test_cands, eval_dir), "evaluation")

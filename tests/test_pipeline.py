@@ -10,7 +10,12 @@ import sys
 import numpy as np
 import pytest
 
+from genrm_jax import candidates as cands
+from genrm_jax import formats
 from genrm_jax import pipeline
+from genrm_jax import records
+from genrm_jax import vocab as vocab_lib
+from genrm_jax import word_puzzles
 
 # Best-of-N may fall below pass@1 only by sampling noise: a verifier that ranks at random sits at
 # pass@1 in expectation. 4 problems make the noise large, hence the wide margin.
@@ -137,3 +142,28 @@ def test_every_verifier_recipe_names_a_recorded_steps_field():
   fields = {f.name for f in pipeline.dataclasses.fields(pipeline.PipelineConfig)}
   for recipe in pipeline.VERIFIERS:
     assert recipe.steps in fields and recipe.steps in pipeline.STAGE_SETTINGS["verifier"], recipe
+
+
+def test_verifier_rows_fit_the_longest_record(tmp_path):
+  """A record longer than the stage gin's rows would be dropped by the trainer: the pipeline
+  lengthens the rows to fit it instead (word sorting's records are about twice last letters')."""
+  runner = pipeline.Runner(pipeline.PipelineConfig(out=str(tmp_path)))
+  vocab_lib.train_char_vocab(word_puzzles.texts_for_vocab("last_letters"),
+                             runner.path("vocab.model"), phrases=formats.PHRASES)
+  words = ["abc", "de", "fgh"]
+  good = word_puzzles.render([f"{w}:{w[-1]}" for w in words], "ceh")
+  # A runaway sample: the steps go on far past the question's words.
+  runaway = word_puzzles.render([f"{w}:{w[-1]}" for w in words * 40], "ceh" * 40)
+  cands.write_candidates(runner.path("verifier_data.jsonl"), [
+      {"question_id": "q", "question": " ".join(words), "solution": sol, "correct": ok,
+       "extracted_answer": word_puzzles.extract_answer(sol), "candidate_id": i,
+       "task": "last_letters"} for i, (sol, ok) in enumerate(((good, True), (runaway, False)))])
+  vocab = vocab_lib.load_vocab(runner.path("vocab.model"))
+  short = runner.row_length("policy_discriminative", 16, runner.mixture())
+  text = records.discriminative([{"question": " ".join(words), "solution": runaway,
+                                  "correct": False}], word_puzzles.INSTRUCTIONS["last_letters"])
+  need = 1 + len(vocab.sp.encode(text[0]["inputs"]))
+  assert short % 32 == 0 and need <= short < need + 32
+  assert runner.row_length("policy_discriminative", 4096, runner.mixture()) == 4096
+  cot = runner.row_length("policy_genrm_cot", 16, runner.mixture())
+  assert cot > short  # the rationale of 120 steps is longer still
