@@ -136,7 +136,7 @@ class PipelineConfig:
   vocab_phrases: bool = True
   cot_votes: int = 4
   # Longest solution / rationale sampled (6-word solutions and their last-letter checks fit with
-  # room; word sorting's run to 221 tokens at 5 words: give it 256). The rationale stops at
+  # room; word sorting's walk runs to 300 tokens at 5 words: give it 320). The rationale stops at
   # "Verification:": the verdict question that follows is fixed text, fed to the verifier rather
   # than sampled.
   max_solution_tokens: int = 128

@@ -262,22 +262,38 @@ def _walk_sorting(problem: Problem, units: list[str]) -> str:
   """Word sorting's walk. Its reference steps (the k-th word in order) are the sorting the policy
   gets wrong, and most wrong answers are in order but miscopy, drop or add a word, so the answer
   is checked word by word against the question and pair by pair for order. A line per answer
-  word, ``<word> <its closest question word> <next answer word or "end"> Yes|No``: Yes when the
-  first two are equal and the word comes before the next one. Then a line per question word, in
-  the question's order, ``<word> <its closest answer word> Yes|No``: Yes when they are equal.
-  Each decision compares two words on one line, and each copy is a lookup of the most similar
-  word (``_closest``); the lines hold together exactly when the answer is the question's words
-  in order (a word's copies beyond its count in the question are No)."""
+  word, ``<word> <its closest question word> <the question word after that one> <next answer
+  word> Yes|No`` ("end" where there is none): Yes when the first two are equal and the word comes
+  before the next answer word. Then a line per question word, in the question's order, ``<word>
+  <the question word after it> <its closest answer word> Yes|No``: Yes when the first and last
+  are equal. Each decision compares two words on one line, and each copy is a lookup of the most
+  similar word (``_closest``); the lines hold together exactly when the answer is the question's
+  words in order (a word's copies beyond its count in the question are No).
+
+  The question's next word is there to force the lookup: an answer word equals its closest
+  question word on nearly every training line, and with ``<word> <closest> <next answer word>``
+  alone the sampled rationales wrote the answer's word again and passed miscopies. The word that
+  follows in the question can only be copied from the question, after the lookup landed there.
+  In the second block it chains the lines (each starts with the word the line above named as
+  next), so the walk through the question keeps its place."""
+  words = problem.words
+
+  def after(i: int) -> str:
+    return words[i + 1] if i + 1 < len(words) else "end"
+
   lines = []
-  left = collections.Counter(problem.words)
+  left = collections.Counter(words)
   for k, unit in enumerate(units):
-    after = units[k + 1] if k + 1 < len(units) else "end"
-    ok = left[unit] > 0 and (after == "end" or unit < after or (unit == after and left[unit] > 1))
+    nxt = units[k + 1] if k + 1 < len(units) else "end"
+    ok = left[unit] > 0 and (nxt == "end" or unit < nxt or (unit == nxt and left[unit] > 1))
     left[unit] -= 1
-    lines.append(f"{unit} {_closest(unit, problem.words)} {after}" + formats.verdict_target(ok))
+    match = _closest(unit, words)
+    lines.append(f"{unit} {match} {after(words.index(match))} {nxt}"
+                 + formats.verdict_target(ok))
   have = collections.Counter(units)
-  for word in problem.words:
-    lines.append(f"{word} {_closest(word, units)}" + formats.verdict_target(have[word] > 0))
+  for i, word in enumerate(words):
+    lines.append(f"{word} {after(i)} {_closest(word, units)}"
+                 + formats.verdict_target(have[word] > 0))
     have[word] -= 1
   return "\n".join(lines)
 

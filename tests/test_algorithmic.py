@@ -93,21 +93,25 @@ def test_rationale_of_a_policy_sample_with_extra_lines():
 def test_word_sorting_walk_checks_words_and_pairs():
   p = alg.Problem(alg.WORD_SORTING, ("pear", "apple", "fig"))
   body = lambda sol: alg.rationale(p, sol, "walk").split("\nVerification")[0]  # noqa: E731
-  assert body(p.solution) == ("apple apple fig Yes\nfig fig pear Yes\npear pear end Yes\n"
-                              "pear pear Yes\napple apple Yes\nfig fig Yes")
+  # Each answer line: the word, its closest question word and the question's word after that
+  # one, the next answer word; each question line: the word, the question's next, its closest
+  # answer word.
+  assert body(p.solution) == ("apple apple fig fig Yes\nfig fig end pear Yes\n"
+                              "pear pear apple end Yes\n"
+                              "pear apple pear Yes\napple fig apple Yes\nfig end fig Yes")
   assert body("The answer is apple pear fig.").startswith(
-      "apple apple pear Yes\npear pear fig No\nfig fig end Yes\n")
+      "apple apple fig pear Yes\npear pear apple fig No\nfig fig end end Yes\n")
   # A dropped word: the question's line for it finds no equal word in the answer.
   assert body("The answer is apple fig.").endswith(
-      "fig fig end Yes\npear apple No\napple apple Yes\nfig fig Yes")
+      "fig fig end end Yes\npear apple apple No\napple fig apple Yes\nfig end fig Yes")
   # A repeated word is not before its twin, and its second copy exceeds the question's count.
-  assert "fig fig fig No\nfig fig pear No" in body("The answer is apple fig fig pear.")
+  assert "fig fig end fig No\nfig fig end pear No" in body("The answer is apple fig fig pear.")
   # A changed word: its closest question word differs, and that word's line finds it missing.
   changed = body("The answer is apple fjg pear.")
-  assert changed.startswith("apple apple fjg Yes\nfjg fig pear No\n")
-  assert changed.endswith("fig fjg No")
-  assert "banana apple fig No" in body("The answer is apple banana fig pear.")
-  assert body("no answer") == "pear none No\napple none No\nfig none No"
+  assert changed.startswith("apple apple fig fjg Yes\nfjg fig end pear No\n")
+  assert changed.endswith("fig end fjg No")
+  assert "banana apple fig fig No" in body("The answer is apple banana fig pear.")
+  assert body("no answer") == "pear apple none No\napple fig none No\nfig end none No"
 
 
 @pytest.mark.parametrize("task", alg.TASKS)
