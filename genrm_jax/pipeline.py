@@ -94,9 +94,9 @@ class PipelineConfig:
   # the vocabulary, loss 0.12 by step 200 and 0.03 at 500).
   policy_steps: int = 500
   policy_decay_steps: int = 1000
-  # The discriminative RM and direct GenRM. At 300 steps GenRM's gain on seed 1 was +.012 and the
-  # discriminative RM's -.062 (within noise of random picks, or below); at 600, +.043 and (seed 0,
-  # with packed rows) +.045 (README).
+  # The discriminative RM and direct GenRM. At 300 steps GenRM's gain on seed 1 was +.012 ± .020,
+  # at 600 +.043 ± .019; the discriminative RM went from reading length backwards to reading it
+  # (README).
   verifier_steps: int = 600
   # GenRM-CoT's rationales are sampled, so every copy in them must hold, not only be likely: at
   # 300 steps its rationales lost their place in the question (a word repeated or skipped) and
