@@ -210,7 +210,7 @@ def get_batches(name: str, split: str, *, batch_size: int, seq_len: int, objecti
     shard_id, num_shards: this host's disjoint share of the examples.
     start_batch: skip this many batches, so a resumed run sees exactly what it would have seen.
     repeat: False for one pass; the last batch is then filled with padding rows (segment_ids 0).
-    pack: pack several examples a row where the objective packs (lm).
+    pack: pack several examples a row where the objective packs (lm, disc; not dpo).
     vocab: a Vocab or .model path; default ``vocab.default_vocab()``.
   """
   kind = TASK_KIND.get(name)

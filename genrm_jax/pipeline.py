@@ -256,8 +256,8 @@ class Runner:
         data=dataclasses.replace(
             base.data, name=data, seed=pc.seed, vocab_path=vocab_path,
             mixture=mixture or base.data.mixture,
-            seq_len=self.row_length(data, base.data.seq_len, mixture) if fit_rows
-            else base.data.seq_len),
+            seq_len=self.row_length(data, base.data.seq_len, mixture or base.data.mixture)
+            if fit_rows else base.data.seq_len),
         optim=dataclasses.replace(base.optim, warmup_steps=max(1, steps // 10),
                                   decay_steps=decay_steps or steps),
         objective=dataclasses.replace(base.objective, **dict(objective)))
