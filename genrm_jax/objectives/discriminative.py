@@ -87,20 +87,16 @@ def _sigmoid(scores: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- rows
 
 
+_SEGMENT = {"inputs": np.int32, "score_weights": np.float32, "labels": np.float32}
+
+
 def _row(segments, seq_len: int) -> rows.Row:
   """One row of (tokens, label) segments, zero-padded; each scored at its last token."""
-  row = {k: np.zeros(seq_len, np.int32) for k in ("inputs", "positions", "segment_ids")}
-  row.update({k: np.zeros(seq_len, np.float32) for k in ("score_weights", "labels")})
-  start = 0
-  for sid, (seq, label) in enumerate(segments, start=1):
-    end = start + len(seq)
-    row["inputs"][start:end] = seq
-    row["positions"][start:end] = np.arange(len(seq))
-    row["segment_ids"][start:end] = sid
-    row["score_weights"][end - 1] = 1.0
-    row["labels"][end - 1] = label
-    start = end
-  return row
+  def arrays(seq, label):
+    at_end = np.zeros(len(seq), np.float32)
+    at_end[-1] = 1.0
+    return seq, at_end, at_end * label
+  return rows.packed_row([arrays(*seg) for seg in segments], seq_len, _SEGMENT)
 
 
 class _Rows(rows.Converter):

@@ -78,19 +78,29 @@ class Packer:
     return out
 
 
+def packed_row(segments, seq_len: int, fields: dict[str, type]) -> Row:
+  """One zero-padded row of segments, each a tuple of equal-length arrays in ``fields``' order;
+  ``positions`` restart at 0 and ``segment_ids`` count from 1 in each segment."""
+  row = {k: np.zeros(seq_len, dtype) for k, dtype in fields.items()}
+  row.update({k: np.zeros(seq_len, np.int32) for k in ("positions", "segment_ids")})
+  start = 0
+  for sid, arrays in enumerate(segments, start=1):
+    sl = slice(start, start + len(arrays[0]))
+    for k, a in zip(fields, arrays):
+      row[k][sl] = a
+    row["positions"][sl] = np.arange(len(arrays[0]))
+    row["segment_ids"][sl] = sid
+    start = sl.stop
+  return row
+
+
+_LM_SEGMENT = {"inputs": np.int32, "targets": np.int32, "loss_weights": np.float32,
+               "verdict_weights": np.float32}
+
+
 def lm_row(segments, seq_len: int) -> Row:
   """One row of (inputs, targets, loss_weights, verdict_weights) segments, zero-padded."""
-  row = {k: np.zeros(seq_len, np.int32) for k in ("inputs", "targets", "positions", "segment_ids")}
-  row.update({k: np.zeros(seq_len, np.float32) for k in ("loss_weights", "verdict_weights")})
-  start = 0
-  for sid, (inp, tgt, lw, vw) in enumerate(segments, start=1):
-    sl = slice(start, start + len(inp))
-    row["inputs"][sl], row["targets"][sl] = inp, tgt
-    row["loss_weights"][sl], row["verdict_weights"][sl] = lw, vw
-    row["positions"][sl] = np.arange(len(inp))
-    row["segment_ids"][sl] = sid
-    start += len(inp)
-  return row
+  return packed_row(segments, seq_len, _LM_SEGMENT)
 
 
 class Converter(abc.ABC):
