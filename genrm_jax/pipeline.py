@@ -66,17 +66,26 @@ class VerifierRecipe:
   steps: str = "verifier_steps"  # the PipelineConfig field with its number of training steps
 
 
+# One verdict token per record against every solution token of the SFT records mixed in:
+# weighted 1, the verdict was 6-8% of the loss (see ObjectiveConfig.verdict_weight).
+_VERDICT_WEIGHT = 8.0
+# The discriminative RM gets GenRM's SFT term in the same proportion to its verdicts: GenRM has
+# lambda SFT records (T solution tokens each, weight 1) per verdict of weight 8; half of the
+# classifier's examples are correct solutions, so T/2 SFT tokens per BCE term of weight 1. Without
+# it (the paper's BCE alone) the classifier learned answer length but not answer letters and
+# was not 2 SE above pass@1 on either seed (+.018, -.039 at N = 16); with it, it reads letters
+# (README).
+_DISC_SFT_WEIGHT = 2 * records.PAPER_LAMBDA[word_puzzles.LAST_LETTERS] / _VERDICT_WEIGHT
+
 VERIFIERS = (
     VerifierRecipe("discriminative", "pipeline/verifier_disc.gin", "policy_discriminative",
-                   "discriminative"),
-    # One verdict token per record against every solution token of the SFT records mixed in:
-    # weighted 1, the verdict was 6-8% of the loss (see ObjectiveConfig.verdict_weight).
+                   "discriminative", (("disc_sft_weight", _DISC_SFT_WEIGHT),)),
     VerifierRecipe("genrm", "pipeline/verifier_lm.gin", "policy_genrm", "direct",
-                   (("verdict_weight", 8.0),)),
+                   (("verdict_weight", _VERDICT_WEIGHT),)),
     # The same weight on each verdict its rationale gives on the way ("walk" style): at 1 one
     # seed's rationales marked nearly every pair Yes, matched or not.
     VerifierRecipe("genrm_cot", "pipeline/verifier_lm.gin", "policy_genrm_cot", "cot",
-                   (("verdict_weight", 8.0),), steps="cot_verifier_steps"),
+                   (("verdict_weight", _VERDICT_WEIGHT),), steps="cot_verifier_steps"),
 )
 
 

@@ -2,8 +2,8 @@
 
 A candidate is a dict: ``question_id``, ``question``, ``solution``, ``correct`` (bool), optionally
 ``rationale`` (a CoT verification ending in the verdict) and ``where`` (file:line, for errors). The
-records are those of ``genrm_jax.data``: lm {"inputs", "targets"}, disc {"inputs", "label"},
-dpo {"inputs", "chosen", "rejected"}.
+records are those of ``genrm_jax.data``: lm {"inputs", "targets"}, disc {"inputs", "targets",
+"label"}, dpo {"inputs", "chosen", "rejected"}.
 """
 
 from __future__ import annotations
@@ -88,9 +88,11 @@ def correct(cands: Iterable[Candidate], instruction: str) -> list[dict[str, Any]
 
 
 def discriminative(cands: Iterable[Candidate], instruction: str) -> list[dict[str, Any]]:
-  """Question + solution with a binary label, for the classifier-head baseline."""
-  return [{"inputs": formats.solution_block(c["question"], c["solution"], instruction).rstrip("\n"),
-           "label": float(bool(c["correct"])), **_where(c)} for c in cands]
+  """The question prompt and the solution with a binary label, for the classifier-head baseline
+  (kept apart so that a correct solution can also be an SFT target)."""
+  return [{"inputs": formats.question_prompt(c["question"], instruction),
+           "targets": c["solution"].rstrip("\n"), "label": float(bool(c["correct"])),
+           **_where(c)} for c in cands]
 
 
 def dpo_pairs(cands: Iterable[Candidate], instruction: str, seed: int = 0) -> list[dict[str, Any]]:

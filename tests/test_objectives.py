@@ -69,31 +69,38 @@ def test_lm_loss_and_verdict_accuracy(verdict_weight, chunk):
   assert float(terms.correct) == hits.sum() and float(terms.count) == v.sum()
 
 
-@pytest.mark.parametrize("z_loss", [0.0, 1e-4])
-def test_disc_loss_and_score(z_loss):
+@pytest.mark.parametrize("z_loss,sft", [(0.0, 0.0), (1e-4, 0.0), (1e-4, 0.25)])
+def test_disc_loss_and_score(z_loss, sft):
   head = {"w": jnp.asarray(np.random.default_rng(2).normal(size=16), jnp.float32),
           "b": jnp.asarray(0.3, jnp.float32)}
   params = {"model": _params(2), "head": head}
   batch = synthetic.make_batch(1, batch_size=B, seq_len=T, objective="disc", vocab_size=24)
-  obj = objectives.ObjectiveConfig("disc", disc_z_loss=z_loss)
+  obj = objectives.ObjectiveConfig("disc", disc_z_loss=z_loss, disc_sft_weight=sft)
   terms = jax.jit(objectives.loss_terms_fn(obj, CFG))(params, batch, None)
-  # Each packed example alone, from its own BOS-less start: its last token's hidden state.
-  want, hits, n = 0.0, 0, 0
+  # Each packed example alone, from its own BOS-less start: its last token's hidden state, and
+  # for a correct one the log-probs of its second half (the synthetic "solution") as SFT.
+  want, hits, n, sft_tokens = 0.0, 0, 0, 0
   for i in range(B):
     sids = batch["segment_ids"][i]
     for sid in np.unique(sids[sids > 0]):
       where = np.flatnonzero(sids == sid)
       seq = batch["inputs"][i][where][None]
-      _, _, hidden = _forward(params["model"], seq, np.arange(len(where))[None],
-                              np.ones_like(seq))
+      logits, _, hidden = _forward(params["model"], seq, np.arange(len(where))[None],
+                                   np.ones_like(seq))
       s = np.asarray(hidden, np.float64)[0, -1] @ np.asarray(head["w"], np.float64) + 0.3
       y = batch["labels"][i][where[-1]]
       assert batch["score_weights"][i][where[-1]] == 1.0
       logz = np.log1p(np.exp(s))
       want += -(y * (s - logz) + (1 - y) * (-logz)) + z_loss * logz ** 2
+      if y:
+        start = (len(where) + 1) // 2
+        lp = _log_softmax(np.asarray(logits, np.float64)[0])
+        want -= sft * sum(lp[p, seq[0, p + 1]] for p in range(start - 1, len(where) - 1))
+        sft_tokens += len(where) - start
       hits += (s > 0) == (y > 0.5)
       n += 1
   assert n > B and batch["score_weights"].sum() == n  # rows hold two examples
+  assert batch["loss_weights"].sum() == sft_tokens > 0
   np.testing.assert_allclose(terms.loss / terms.weight, want / n, rtol=1e-5)
   assert float(terms.correct) == hits and float(terms.count) == n
 
@@ -118,15 +125,19 @@ def test_dpo_loss_against_reference(chunk):
   assert float(terms.correct) == (margin > 0).sum()
 
 
-@pytest.mark.parametrize("kind", ["lm", "dpo"])
+@pytest.mark.parametrize("kind", ["lm", "dpo", "disc"])
 def test_chunked_loss_equals_plain_in_value_and_gradient(kind):
-  """Every objective that unembeds: 5 positions a piece (then 2 padded) vs all 12 at once."""
+  """Every objective that unembeds (disc: its SFT term): 5 positions a piece (then 2 padded) vs
+  all 12 at once."""
   params, ref = {"model": _params(6)}, _params(7)
+  if kind == "disc":
+    params["head"] = {"w": jnp.asarray(np.random.default_rng(8).normal(size=16), jnp.float32),
+                      "b": jnp.asarray(0.0, jnp.float32)}
   batch = synthetic.make_batch(3, batch_size=B, seq_len=T, objective=kind, vocab_size=24)
 
   def grad(chunk):
-    terms_fn = objectives.loss_terms_fn(
-        objectives.ObjectiveConfig(kind, verdict_weight=3.0, logits_chunk=chunk), CFG)
+    terms_fn = objectives.loss_terms_fn(objectives.ObjectiveConfig(
+        kind, verdict_weight=3.0, disc_sft_weight=0.5, logits_chunk=chunk), CFG)
     loss = lambda p: terms_fn(p, batch, ref).loss  # noqa: E731
     return jax.jit(jax.value_and_grad(loss))(params)
 

@@ -162,7 +162,7 @@ def test_verifier_rows_fit_the_longest_record(tmp_path):
   short = runner.row_length("policy_discriminative", 16, runner.mixture())
   text = records.discriminative([{"question": " ".join(words), "solution": runaway,
                                   "correct": False}], word_puzzles.INSTRUCTIONS["last_letters"])
-  need = 1 + len(vocab.sp.encode(text[0]["inputs"]))
+  need = 1 + len(vocab.sp.encode(text[0]["inputs"])) + len(vocab.sp.encode(text[0]["targets"]))
   assert short % 32 == 0 and need <= short < need + 32
   assert runner.row_length("policy_discriminative", 4096, runner.mixture()) == 4096
   cot = runner.row_length("policy_genrm_cot", 16, runner.mixture())

@@ -87,7 +87,8 @@ def test_verify_and_cot_records():
   with pytest.raises(ValueError, match="contradicts"):
     records.verify_cot([{**c, "correct": True}], "I\n")
   assert records.correct([c], "I\n") == []
-  assert records.discriminative([c], "I\n")[0]["label"] == 0.0
+  assert records.discriminative([c], "I\n") == [
+      {"inputs": formats.question_prompt("Q?", "I\n"), "targets": "S", "label": 0.0}]
 
 
 def test_fill_negatives_evens_each_question_up_to_the_cap():

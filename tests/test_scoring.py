@@ -92,7 +92,7 @@ def test_dpo_and_disc_scores_equal_brute_force(lm):
     logits = tiny_lm.full_logits(cfg, params, x + y).astype(np.float64)
     lp = [np.log(_softmax(logits[len(x) - 1 + t]))[tok] for t, tok in enumerate(y)]
     np.testing.assert_allclose(dpo.scores[i], np.sum(lp), rtol=1e-4)
-    seq = codec.prompt_ids(formats.solution_block(q, s, INSTRUCTION).rstrip("\n"))
+    seq = x + codec.encode(s)  # prompt and solution tokenized apart, as in training
     hidden = tiny_lm.full_forward(cfg, params, seq)[1]
     np.testing.assert_allclose(disc.scores[i], hidden[-1] @ head["w"] + head["b"],
                                rtol=1e-4, atol=1e-5)

@@ -39,6 +39,10 @@ class ObjectiveConfig:
   kind: str = "lm"  # a name in REGISTRY
   dpo_beta: float = 0.1
   disc_z_loss: float = 1e-4
+  # disc: the weight of next-token cross-entropy on each token of a correct example's solution,
+  # relative to 1 for an example's BCE: SFT on correct solutions, GenRM's lambda term, given to
+  # the classifier. 0 is the paper's discriminative RM (BCE alone).
+  disc_sft_weight: float = 0.0
   # lm: the loss weight of each Yes/No verdict token, relative to 1 for every other target token.
   # A direct verification record has one verdict among its target tokens, and the SFT records
   # mixed in (lambda) are all solution tokens: at 1, verdicts were 6% of the loss in the tiny run.
@@ -52,6 +56,8 @@ class ObjectiveConfig:
       raise ValueError(f"ObjectiveConfig.kind={self.kind!r}; expected one of {tuple(REGISTRY)}")
     if self.verdict_weight <= 0:
       raise ValueError(f"ObjectiveConfig.verdict_weight={self.verdict_weight}; must be > 0")
+    if self.disc_sft_weight < 0:
+      raise ValueError(f"ObjectiveConfig.disc_sft_weight={self.disc_sft_weight}; must be >= 0")
     if self.logits_chunk < 0:
       raise ValueError(f"ObjectiveConfig.logits_chunk={self.logits_chunk}; must be >= 0")
 

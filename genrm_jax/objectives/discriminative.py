@@ -1,14 +1,17 @@
 """``disc``: the discriminative reward model, a scalar head on the final hidden state.
 
-The head reads the last real token of ``records.discriminative``'s text (question + solution);
-the loss is binary cross-entropy on correct (1) / incorrect (0), plus an optional z-loss
+The head reads the last token of ``records.discriminative``'s question prompt + solution; the
+loss is binary cross-entropy on correct (1) / incorrect (0), plus an optional z-loss
 ``z_loss * log(1 + e^s)^2`` (the squared log partition function of the logits (0, s); the
-paper's appendix reports 1e-4) that keeps the score from drifting. It never unembeds. Records
-{"inputs", "label"} -> rows packed like the LM objective's (each example its own segment, its
-positions from 0): "score_weights" is 1 at each example's last token and "labels" holds its label
-there (1.0 = correct solution). One example a row left rows of the last-letters verifier data
-under half full. Score (``disc``): the head's logit s. The model directory's metadata carries the
-head (``disc_head``).
+paper's appendix reports 1e-4) that keeps the score from drifting, plus, with
+``ObjectiveConfig.disc_sft_weight`` > 0, next-token cross-entropy on the solution tokens of the
+correct examples (SFT on correct solutions, as GenRM mixes in). The loss is normalised by the
+number of examples. Records {"inputs", "targets", "label"} -> rows packed like the LM
+objective's (each example [BOS] inputs targets, its own segment, its positions from 0):
+"score_weights" is 1 at each example's last token and "labels" holds its label there (1.0 =
+correct solution); "targets" / "loss_weights" are the next token and the SFT weight. One example
+a row left rows of the last-letters verifier data under half full. Score (``disc``): the head's
+logit s. The model directory's metadata carries the head (``disc_head``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from genrm_jax import logits as logits_lib
 from genrm_jax import records, sampler
 from genrm_jax import scoring_passes as passes
 from genrm_jax.config import ModelConfig
@@ -51,10 +55,11 @@ def head_from_json(d: dict[str, Any]) -> dict[str, jax.Array]:
 # ----------------------------------------------------------------------------- scoring
 
 
-def _text(question: str, solution: str, instruction: str) -> str:
+def _ids(codec: sampler.Codec, question: str, solution: str, instruction: str) -> list[int]:
+  """The example as training tokenizes it: prompt and solution each on their own."""
   (rec,) = records.discriminative([{"question": question, "solution": solution,
                                     "correct": False}], instruction)
-  return rec["inputs"]
+  return codec.prompt_ids(rec["inputs"]) + codec.encode(rec["targets"])
 
 
 def _score(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
@@ -65,7 +70,7 @@ def _score(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   if head is None:
     raise ValueError("score: method 'disc' needs the classifier head (head=...)")
   codec = sampler.as_codec(vocab)
-  seqs = [codec.prompt_ids(_text(q, s, opts.instruction)) for q, s in zip(questions, solutions)]
+  seqs = [_ids(codec, q, s, opts.instruction) for q, s in zip(questions, solutions)]
   scores = np.zeros(len(seqs))
   for chunk in passes.chunks(questions, 1, opts.max_rows):
     sub = [seqs[i] for i in chunk]
@@ -77,7 +82,7 @@ def _score(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
 
 
 def _context(codec, question: str, solution: str, opts: passes.ScoringConfig) -> int:
-  return len(codec.prompt_ids(_text(question, solution, opts.instruction)))
+  return len(_ids(codec, question, solution, opts.instruction))
 
 
 def _sigmoid(scores: np.ndarray) -> np.ndarray:
@@ -87,33 +92,39 @@ def _sigmoid(scores: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- rows
 
 
-_SEGMENT = {"inputs": np.int32, "score_weights": np.float32, "labels": np.float32}
+_SEGMENT = {"inputs": np.int32, "score_weights": np.float32, "labels": np.float32,
+            "targets": np.int32, "loss_weights": np.float32}
 
 
 def _row(segments, seq_len: int) -> rows.Row:
-  """One row of (tokens, label) segments, zero-padded; each scored at its last token."""
-  def arrays(seq, label):
+  """One row of (tokens, label, solution start) segments, zero-padded; each scored at its last
+  token, a correct one's solution tokens also the targets of its SFT term."""
+  def arrays(seq, label, start):
     at_end = np.zeros(len(seq), np.float32)
     at_end[-1] = 1.0
-    return seq, at_end, at_end * label
+    targets = np.append(seq[1:], 0).astype(np.int32)
+    sft = np.zeros(len(seq), np.float32)
+    sft[start - 1:-1] = label  # positions whose next token is a solution token
+    return seq, at_end, at_end * label, targets, sft
   return rows.packed_row([arrays(*seg) for seg in segments], seq_len, _SEGMENT)
 
 
 class _Rows(rows.Converter):
-  """Packed rows of [BOS] inputs segments, each scored at its last token."""
+  """Packed rows of [BOS] inputs targets segments, each scored at its last token."""
 
   def __init__(self, seq_len: int, vocab: Any, pack: bool):
     super().__init__(seq_len, vocab)
     self.packer = rows.Packer(seq_len, pack)
 
   def add(self, ex: dict[str, np.ndarray]) -> list[rows.Row]:
-    seq = np.concatenate([[self.bos], ex["inputs"]]).astype(np.int32)
+    seq = np.concatenate([[self.bos], ex["inputs"], ex["targets"]]).astype(np.int32)
     if len(seq) > self.seq_len:
       self.too_long(truncated=False)
       return []
     self.stats.examples += 1
     self.stats.tokens += len(seq)
-    return [_row(segs, self.seq_len) for segs in self.packer.add((seq, float(ex["label"])))]
+    segment = (seq, float(ex["label"]), 1 + len(ex["inputs"]))
+    return [_row(segs, self.seq_len) for segs in self.packer.add(segment)]
 
   def flush(self) -> list[rows.Row]:
     return [_row(segs, self.seq_len) for segs in self.packer.flush()]
@@ -129,11 +140,12 @@ class Discriminative(base.Objective):
   """The discriminative reward model (see the module docstring)."""
 
   name = "disc"
-  text_fields = {"inputs": False}
+  text_fields = {"inputs": False, "targets": False}
   passthrough = ("label",)
   batch_fields = {"inputs": (2, np.int32), "positions": (2, np.int32),
                   "segment_ids": (2, np.int32), "score_weights": (2, np.float32),
-                  "labels": (2, np.float32)}
+                  "labels": (2, np.float32), "targets": (2, np.int32),
+                  "loss_weights": (2, np.float32)}
   methods = (base.Method("disc", "discriminative", _score, _context, probability=_sigmoid),)
 
   def check_record(self, record: dict[str, Any], verdict: bool) -> str | None:
@@ -157,7 +169,7 @@ class Discriminative(base.Objective):
       first = int(rng.integers(1, seq_len // 2 + 1))
       second = int(rng.integers(1, seq_len - first + 1))
       segs = [rng.integers(rows.FIRST_CONTENT_ID, vocab_size, size=n) for n in (first, second)]
-      out.append(_row([(s, float(s[-1] < mid)) for s in segs], seq_len))
+      out.append(_row([(s, float(s[-1] < mid), (len(s) + 1) // 2) for s in segs], seq_len))
     return {k: np.stack([r[k] for r in out]) for k in out[0]}
 
   def init_params(self, cfg: ModelConfig) -> dict[str, Any]:
@@ -172,9 +184,14 @@ class Discriminative(base.Objective):
       w, labels = batch["score_weights"], batch["labels"]
       loss = optax.sigmoid_binary_cross_entropy(score, labels)
       loss += oc.disc_z_loss * jnp.square(jax.nn.softplus(score))
+      total = jnp.sum(w * loss)
+      if oc.disc_sft_weight:  # static: the paper's baseline never unembeds
+        stats = logits_lib.token_stats(cfg, params["model"]["embedder"]["input_embedding"],
+                                       hidden, batch["targets"], oc.logits_chunk)
+        total -= oc.disc_sft_weight * jnp.sum(stats.logprob * batch["loss_weights"])
       hit = ((score > 0) == (labels > 0.5)).astype(jnp.float32)
       n = jnp.sum(w)
-      return base.Terms(jnp.sum(w * loss), n, jnp.sum(w * hit), n)
+      return base.Terms(total, n, jnp.sum(w * hit), n)
     return terms
 
   def model_dir_meta(self, params: dict[str, Any]) -> dict[str, Any]:
