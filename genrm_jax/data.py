@@ -94,7 +94,7 @@ def _validate(name: str, split: str, objective: objectives.Objective, verdict: b
     where = r.get("where", f"record {i}")
     for k in objective.text_fields:
       v = r.get(k)
-      if not isinstance(v, str) or (k != "inputs" and not v.strip()):
+      if not isinstance(v, str) or (k not in objective.may_be_empty and not v.strip()):
         raise ValueError(f"task {name!r} split {split!r} ({where}): field {k!r} is missing, "
                          f"empty or not a string: {v!r:.80}")
     problem = objective.check_record(r, verdict)

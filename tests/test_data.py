@@ -234,6 +234,17 @@ def test_bad_records_fail_clearly(vocab):
                      ["train"])
   with pytest.raises(ValueError, match="'targets' is missing, empty"):
     data.get_batches("empty_solution", "train", batch_size=1, seq_len=32, vocab=vocab)
+  # A sampled solution may be empty (a wrong candidate): the classifier scores its prompt's end.
+  data.register_task("empty_disc", "disc", lambda split: [{"inputs": "Q", "targets": "",
+                                                           "label": 0}], ["train"])
+  (b,) = data.get_batches("empty_disc", "train", batch_size=1, seq_len=32, objective="disc",
+                          vocab=vocab, repeat=False)
+  assert b["score_weights"].sum() == 1 and b["loss_weights"].sum() == 0
+  data.register_task("no_solution", "disc", lambda split: [{"inputs": "Q", "label": 0}],
+                     ["train"])
+  with pytest.raises(ValueError, match="'targets' is missing"):
+    data.get_batches("no_solution", "train", batch_size=1, seq_len=32, objective="disc",
+                     vocab=vocab)
   with pytest.raises(ValueError, match="not objective"):
     data.get_batches("last_letters_verify", "train", batch_size=1, seq_len=32, objective="dpo",
                      vocab=vocab)

@@ -96,6 +96,9 @@ class Objective(abc.ABC):
   name: str  # ObjectiveConfig.kind; checkpoints and model directories record it
   # Record fields that seqio tokenizes -> whether EOS is appended to them.
   text_fields: dict[str, bool]
+  # Text fields a record may leave empty (a prompt; the classifier's solution, which a policy
+  # sample can be).
+  may_be_empty: tuple[str, ...] = ("inputs",)
   # Record fields passed through untokenized (the names of ``columns``).
   passthrough: tuple[str, ...] = ()
   # Batch field -> (ndim of the global batch, dtype): the trainer's data contract.

@@ -141,6 +141,7 @@ class Discriminative(base.Objective):
 
   name = "disc"
   text_fields = {"inputs": False, "targets": False}
+  may_be_empty = ("inputs", "targets")
   passthrough = ("label",)
   batch_fields = {"inputs": (2, np.int32), "positions": (2, np.int32),
                   "segment_ids": (2, np.int32), "score_weights": (2, np.float32),
