@@ -163,6 +163,9 @@ def test_check_batch_names_the_field():
     objectives.get("lm").check_batch(batch)
   with pytest.raises(ValueError, match="kind='nope'"):
     objectives.ObjectiveConfig("nope")
+  for field in ("verdict_weight", "disc_sft_weight", "logits_chunk"):
+    with pytest.raises(ValueError, match=f"ObjectiveConfig.{field}=-1"):
+      objectives.ObjectiveConfig("disc", **{field: -1})
 
 
 # ----------------------------------------------------------------------------- a fourth objective
