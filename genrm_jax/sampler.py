@@ -185,6 +185,10 @@ def _mesh_ctx(mesh):
   return contextlib.nullcontext() if mesh is None else sharding.use_mesh(mesh)
 
 
+def _platform(mesh) -> str:
+  return (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
+
+
 def _constrain_cache(cache, mesh):
   if mesh is None:
     return cache
@@ -279,6 +283,11 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_re
     pos0 = jnp.take(next_pos, parent, axis=0)
     b = parent.shape[0]
     transformer = model_lib.Transformer(cfg)
+    variables = {"params": params}
+    if not cfg.scan_groups and _platform(mesh) == "cpu":
+      # Each step would otherwise copy the weights into the order XLA's CPU dots read
+      # (model.decode_weights); other compilers choose weight layouts themselves.
+      variables["decode"] = model_lib.decode_weights(cfg, params)
 
     tok, lp = _pick(logits0, _step_key(rng, 0), spec)
     tokens = jnp.zeros((b, n), jnp.int32).at[:, 0].set(tok)
@@ -299,7 +308,7 @@ def _decode(params, cache, parent, last_logits, next_pos, rng, row_seeds, num_re
       # never attended, and leave local layers' ring slots alone, so the cache stays a prefix
       # of the row's tokens (``return_prefix``).
       live = (~s["done"]).astype(jnp.int32)[:, None]
-      logits, c = transformer.apply({"params": params}, prev, (pos0 + step - 1)[:, None], live,
+      logits, c = transformer.apply(variables, prev, (pos0 + step - 1)[:, None], live,
                                     cache=s["cache"])
       tok, lp = _pick(logits[:, 0], _step_key(rng, step), spec)
       last_logits = jnp.where(s["done"][:, None], s["last_logits"], logits[:, 0])

@@ -133,6 +133,29 @@ def test_prefill_then_decode_matches_full_forward(make_cfg, scan_layers):
                                 [np.arange(t - 4, t), np.arange(t - pad - 4, t - pad)])
 
 
+@pytest.mark.parametrize("make_cfg", [small_gemma2, small_gemma3])
+def test_decode_weights_compute_the_same_function(make_cfg):
+  """The ``decode`` collection (each layer's weights rearranged once for a CPU decode loop) gives
+  the official layouts' logits, through GQA, QK-norm, soft caps and local layers; and the model
+  does read it (changed, it changes the logits)."""
+  cfg = make_cfg()
+  params = _perturbed_norms(_params(cfg))
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab_size, (2, 9)), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(9), tokens.shape)
+  ref = np.asarray(forward(cfg, params, tokens))
+  decode = model_lib.decode_weights(cfg, params)
+  run = jax.jit(lambda d: model_lib.Transformer(cfg).apply({"params": params, "decode": d},
+                                                           tokens, positions)[0])
+  np.testing.assert_allclose(np.asarray(run(decode)), ref, rtol=1e-5, atol=1e-5)
+  for name in ("qkv", "o", "gate_up"):
+    changed = jax.tree_util.tree_map_with_path(
+        lambda path, w, name=name: w + 0.1 if name in jax.tree_util.keystr(path) else w, decode)
+    assert not np.allclose(np.asarray(run(changed)), ref, atol=1e-3), name
+  scanned = cfg.replace(scan_layers=True)
+  with pytest.raises(ValueError, match="unscanned"):
+    model_lib.decode_weights(scanned, model_lib.scan_params(params, scanned))
+
+
 def test_packed_segments_do_not_attend_across():
   cfg = small_gemma2(sliding_window_size=16)
   params = _params(cfg)
