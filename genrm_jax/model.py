@@ -594,8 +594,8 @@ def decode_weights(cfg: ModelConfig, params) -> dict:
   slices of the stacked gate/up [2, F, D]) were copied into that order at every step, inside the
   loop (layout assignment runs after loop-invariant code motion): six slices or transposed
   copies of weights among the ~40 operations of a layer's step. With these, a step runs 4 dots a
-  layer instead of 7 and copies no weight (`bench_10m` greedy decoding 12% faster at batch 32,
-  about 20% at 8). The barrier keeps XLA from folding the rearrangement back into the loop.
+  layer instead of 7 and copies no weight (a `bench_10m` greedy step 12% shorter at batch 32,
+  20% at 8). The barrier keeps XLA from folding the rearrangement back into the loop.
   """
   if cfg.scan_groups:
     raise ValueError("decode_weights takes an unscanned model (scan_layers=False)")
