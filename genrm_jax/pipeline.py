@@ -80,7 +80,7 @@ _DISC_SFT_WEIGHT = 2 * records.PAPER_LAMBDA[word_puzzles.LAST_LETTERS] / _VERDIC
 VERIFIERS = (
     VerifierRecipe("discriminative", "pipeline/verifier_disc.gin", "policy_discriminative",
                    "discriminative", (("disc_sft_weight", _DISC_SFT_WEIGHT),)),
-    VerifierRecipe("genrm", "pipeline/verifier_lm.gin", "policy_genrm", "direct",
+    VerifierRecipe("genrm", "pipeline/verifier_genrm.gin", "policy_genrm", "direct",
                    (("verdict_weight", _VERDICT_WEIGHT),)),
     # The same weight on each verdict its rationale gives on the way ("walk" style): at 1 one
     # seed's rationales marked nearly every pair Yes, matched or not.

@@ -47,6 +47,10 @@ def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
   # The verifiers trained on the policy's candidates file record its task (eval checks it).
   meta = json.loads((out / "verifiers" / "genrm" / "model" / "genrm_model.json").read_text())
   assert meta["train"]["task"] == "last_letters"
+  # Each verifier trains at its recipe's rate (direct GenRM at the classifier's, GenRM-CoT at 2e-3),
+  # and its config.gin says so.
+  for name, rate in (("discriminative", "0.001"), ("genrm", "0.001"), ("genrm_cot", "0.002")):
+    assert f"OptimConfig.peak_lr = {rate}\n" in (out / "verifiers" / name / "config.gin").read_text()
   card = json.loads((out / "verifier_data_card.json").read_text())
   assert card["selected"]["records"] == len((out / "verifier_data.jsonl").read_text().splitlines())
   assert set(card["sampled"]["by"]) == {"words", "steps", "answer_length", "steps_minus_words",
