@@ -50,7 +50,8 @@ def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
   # Each verifier trains at its recipe's rate (direct GenRM at the classifier's, GenRM-CoT at 2e-3),
   # and its config.gin says so.
   for name, rate in (("discriminative", "0.001"), ("genrm", "0.001"), ("genrm_cot", "0.002")):
-    assert f"OptimConfig.peak_lr = {rate}\n" in (out / "verifiers" / name / "config.gin").read_text()
+    config_gin = (out / "verifiers" / name / "config.gin").read_text()
+    assert f"OptimConfig.peak_lr = {rate}\n" in config_gin, name
   card = json.loads((out / "verifier_data_card.json").read_text())
   assert card["selected"]["records"] == len((out / "verifier_data.jsonl").read_text().splitlines())
   assert set(card["sampled"]["by"]) == {"words", "steps", "answer_length", "steps_minus_words",
