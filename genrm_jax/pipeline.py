@@ -16,9 +16,7 @@ files from ``gin_configs/pipeline/`` and this module's settings (a training stag
                                card ``verifier_data_card.json``: P(correct) by problem length,
                                steps and answer length, before and after the selection
   f. ``verifiers/<name>/``     ``genrm_jax.train``: discriminative RM, GenRM, GenRM-CoT (each
-                               initialised from the policy, as the paper fine-tunes its base LM;
-                               on CPU all at once, each in its own process, logging to
-                               ``train.log`` there)
+                               initialised from the policy, as the paper fine-tunes its base LM)
   g. ``eval/``                 ``genrm_jax.eval``: Best-of-N table, diagnostics, results.json,
                                best_of_n.png, accuracy_vs_tokens.png, reliability.png
   h, i. ``eval_<L>_words/``    with ``longer_test_length`` L: the same on a second test pool of
@@ -42,7 +40,6 @@ import time
 from typing import Any, Callable, Sequence
 
 import gin
-import jax
 
 from genrm_jax import candidates as cands
 from genrm_jax import cli
@@ -55,7 +52,6 @@ from genrm_jax import sampler
 from genrm_jax import scoring
 from genrm_jax import train
 from genrm_jax import vocab as vocab_lib
-from genrm_jax import workers
 from genrm_jax import word_puzzles
 
 @dataclasses.dataclass(frozen=True)
@@ -156,25 +152,12 @@ class PipelineConfig:
   max_rationale_tokens: int = 160
   rationale_temperature: float = 0.7
   verifiers: tuple[str, ...] = tuple(v.name for v in VERIFIERS)
-  # How many verifier trainings run at once, each in a process of its own (1: one after another
-  # in this process; on an accelerator always so). A tiny model's step leaves a CPU's cores idle
-  # between its many small ops, and another training's step fills them: MEASURED.
-  verifier_processes: int = 3
   # Gin bindings for every training stage, over its gin files (what the pipeline sets itself,
   # below, it sets last: seeds, steps and schedule, data, vocabulary, starting point).
   extra_bindings: tuple[str, ...] = ()
 
 
 cli.register(PipelineConfig)
-
-
-def _check_trained(workdir: str, exp: train.Experiment, rc: int) -> int:
-  """A training's status, after checking that one which ended well left its model directory."""
-  # A trainer stopped by SIGTERM exits cleanly with a checkpoint and no model directory.
-  if rc == 0 and not os.path.exists(os.path.join(workdir, "model")):
-    raise StageFailed(f"training in {workdir} stopped before step {exp.train.num_steps} (a "
-                      "signal); its checkpoints are kept: run the same command to resume")
-  return rc
 
 
 class StageFailed(RuntimeError):
@@ -229,35 +212,21 @@ class Runner:
     with open(path) as f:
       return json.load(f)
 
-  def reused(self, name: str, done: str, kind: str) -> bool:
-    """True if stage ``name``'s output ``done`` exists (made with this run's settings: else the
-    run stops, naming the fields that differ)."""
-    if not os.path.exists(done):
-      return False
-    made = self.recorded().get(name)
-    if made is None:
-      print(f"== {name}: done already ({done}; its settings were not recorded, so not checked)",
-            flush=True)
-      return True
-    changed = [f"{k}={made.get(k)!r} there, {v!r} now" for k, v in self.settings(kind).items()
-               if made.get(k) != v]
-    if changed:
-      raise StageFailed(
-          f"{done} was made with other settings ({'; '.join(changed)}): use another --out, "
-          f"or delete it and the stages after it to redo them")
-    print(f"== {name}: done already ({done})", flush=True)
-    return True
-
-  def finished(self, name: str, done: str, kind: str, seconds: float) -> None:
-    if not os.path.exists(done):
-      raise StageFailed(f"pipeline stage {name!r} did not produce {done}")
-    self.timings[name] = seconds
-    files.write_atomic(self.path(SETTINGS_FILE),
-                       json.dumps({**self.recorded(), name: self.settings(kind)}, indent=2))
-    print(f"== {name}: {seconds:.0f} s", flush=True)
-
   def stage(self, name: str, done: str, fn: Callable[[], int | None], kind: str) -> None:
-    if self.reused(name, done, kind):
+    want = self.settings(kind)
+    if os.path.exists(done):
+      made = self.recorded().get(name)
+      if made is None:
+        print(f"== {name}: done already ({done}; its settings were not recorded, so not checked)",
+              flush=True)
+        return
+      changed = [f"{k}={made.get(k)!r} there, {v!r} now" for k, v in want.items()
+                 if made.get(k) != v]
+      if changed:
+        raise StageFailed(
+            f"{done} was made with other settings ({'; '.join(changed)}): use another --out, "
+            f"or delete it and the stages after it to redo them")
+      print(f"== {name}: done already ({done})", flush=True)
       return
     print(f"== {name}", flush=True)
     t0 = time.time()
@@ -266,7 +235,12 @@ class Runner:
     gin.clear_config()
     if rc:
       raise StageFailed(f"pipeline stage {name!r} failed with status {rc}")
-    self.finished(name, done, kind, time.time() - t0)
+    if not os.path.exists(done):
+      raise StageFailed(f"pipeline stage {name!r} did not produce {done}")
+    self.timings[name] = time.time() - t0
+    files.write_atomic(self.path(SETTINGS_FILE),
+                       json.dumps({**self.recorded(), name: want}, indent=2))
+    print(f"== {name}: {self.timings[name]:.0f} s", flush=True)
 
   def experiment(self, gin_file: str, data: str, steps: int, decay_steps: int | None = None,
                  init_from: str = "scratch", objective: Sequence[tuple[str, Any]] = (),
@@ -331,57 +305,12 @@ class Runner:
 
   def train_stage(self, workdir: str, *args, **kwargs) -> int:
     exp, config = self.experiment(*args, **kwargs)
-    return _check_trained(workdir, exp, train.launch(exp, workdir, config))
-
-  def train_verifiers(self, recipes: Sequence[VerifierRecipe]) -> None:
-    """Stage f: each verifier's training, at most ``verifier_processes`` at once on a CPU host."""
-    pc = self.pc
-    todo = []
-    for recipe in recipes:
-      workdir = self.path("verifiers", recipe.name)
-      if not self.reused(f"f. train verifier {recipe.name}", os.path.join(workdir, "model"),
-                         "verifier"):
-        todo.append((recipe, workdir))
-    kwargs = lambda recipe: dict(  # noqa: E731
-        init_from=f"genrm:{self.path('policy')}", objective=recipe.objective,
-        mixture=self.mixture(), add_layers=pc.verifier_add_layers, fit_rows=True)
-    if pc.verifier_processes < 2 or len(todo) < 2 or jax.default_backend() != "cpu":
-      # On an accelerator the trainings would share one device's memory: one at a time.
-      for recipe, workdir in todo:
-        self.stage(f"f. train verifier {recipe.name}", os.path.join(workdir, "model"),
-                   lambda recipe=recipe, workdir=workdir: self.train_stage(
-                       workdir, recipe.gin_file, recipe.data, getattr(pc, recipe.steps),
-                       **kwargs(recipe)), "verifier")
-      return
-    jobs, exps = [], {}
-    for recipe, workdir in todo:
-      exp, config = self.experiment(recipe.gin_file, recipe.data, getattr(pc, recipe.steps),
-                                    **kwargs(recipe))
-      exps[recipe.name] = exp
-      jobs.append(workers.Job(recipe.name, train.launch, (exp, workdir, config),
-                              os.path.join(workdir, "train.log")))
-    names = ", ".join(j.name for j in jobs)
-    print(f"== f. train verifiers {names}: {min(len(jobs), pc.verifier_processes)} at once, "
-          "each in its own process (logs: verifiers/<name>/train.log)", flush=True)
-    t0 = time.time()
-    ended = workers.run(jobs, pc.verifier_processes)
-    failures = []
-    for recipe, workdir in todo:
-      name = f"f. train verifier {recipe.name}"
-      if recipe.name not in ended:
-        failures.append(f"{name!r} was not started (stopped by a signal)")
-        continue
-      try:
-        if _check_trained(workdir, exps[recipe.name], ended[recipe.name].status):
-          raise StageFailed(f"pipeline stage {name!r} failed with status "
-                            f"{ended[recipe.name].status}; its log: {workdir}/train.log")
-        self.finished(name, os.path.join(workdir, "model"), "verifier",
-                      ended[recipe.name].seconds)
-      except StageFailed as e:  # the others' results are recorded before the run stops
-        failures.append(str(e))
-    if failures:
-      raise StageFailed("; ".join(failures))
-    self.timings["f. train the verifiers (wall clock)"] = time.time() - t0
+    rc = train.launch(exp, workdir, config)
+    # A trainer stopped by SIGTERM exits cleanly with a checkpoint and no model directory.
+    if rc == 0 and not os.path.exists(os.path.join(workdir, "model")):
+      raise StageFailed(f"training in {workdir} stopped before step {exp.train.num_steps} (a "
+                        "signal); its checkpoints are kept: run the same command to resume")
+    return rc
 
   def sample(self, split: str, problems: int, samples: int, out: str,
              test_length: int | None = None) -> None:
@@ -461,7 +390,14 @@ class Runner:
     self.stage("e. select the verifier data", verifier_data,
                lambda: self.select_verifier_data(train_cands, verifier_data), "verifier data")
     recipes = [v for v in VERIFIERS if v.name in pc.verifiers]
-    self.train_verifiers(recipes)
+    for recipe in recipes:
+      workdir = self.path("verifiers", recipe.name)
+      self.stage(f"f. train verifier {recipe.name}", os.path.join(workdir, "model"),
+                 lambda recipe=recipe, workdir=workdir: self.train_stage(
+                     workdir, recipe.gin_file, recipe.data, getattr(pc, recipe.steps),
+                     init_from=f"genrm:{self.path('policy')}", objective=recipe.objective,
+                     mixture=self.mixture(), add_layers=pc.verifier_add_layers,
+                     fit_rows=True), "verifier")
     eval_dir = self.path("eval")
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
                lambda: self.evaluate(recipes, test_cands, eval_dir), "evaluation")
