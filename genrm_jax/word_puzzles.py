@@ -348,11 +348,14 @@ def _drop_step(task: str, steps: list[str], answer: str, k: int) -> str:
 
 # One-edit wrong solutions for verifier training ("hard negatives"), each leaving the rest of the
 # solution intact so that only checking tells them from the correct solution: an answer unit
-# repeated, dropped, replaced by its neighbour or swapped with it; a step's unit or word wrong; a
-# step hallucinated or dropped. Insertions and deletions come in equal measure: with insertions
-# alone (the tiny policy's usual mistake) the verifiers learnt that shorter answers are right.
-HARD_NEGATIVES = ("answer_repeat", "answer_drop", "answer_neighbor", "answer_swap", "step_unit",
-                  "step_word", "extra_step", "drop_step")
+# repeated, dropped, replaced by its neighbour, miscopied (a letter from nowhere) or swapped with
+# its neighbour; a step's unit or word wrong; a step hallucinated or dropped. Insertions and
+# deletions come in equal measure: with insertions alone (the tiny policy's usual mistake) the
+# verifiers learnt that shorter answers are right. Without the miscopied unit, a same-length
+# answer with a wrong letter was the verifiers' blind spot (README: a quarter of one policy's
+# wrong letters come from nowhere).
+HARD_NEGATIVES = ("answer_repeat", "answer_drop", "answer_neighbor", "answer_letter",
+                  "answer_swap", "step_unit", "step_word", "extra_step", "drop_step")
 
 
 def _pairs(task: str, problem: Problem) -> list[tuple[str, str]]:
@@ -386,6 +389,9 @@ def hard_negative(problem: Problem, rng: random.Random, kind: str | None = None
     elif k == "answer_neighbor":
       edited[i] = units[i - 1] if i and (rng.random() < 0.5 or i == len(units) - 1) else (
           units[(i + 1) % len(units)])
+    elif k == "answer_letter":  # for word sorting, a word with one letter miscopied
+      j = rng.randrange(len(units[i]))
+      edited[i] = units[i][:j] + _other_letter(rng, units[i][j]) + units[i][j + 1:]
     elif k == "answer_swap":
       i = min(i, len(units) - 2)
       edited[i], edited[i + 1] = units[i + 1], units[i]

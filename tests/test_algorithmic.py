@@ -140,6 +140,9 @@ def test_hard_negatives_are_one_edit_wrong_and_caught_by_the_rationale(task):
       steps, answer = alg.parse_solution(sol)
       if kind.startswith("answer_"):
         assert steps == ref_steps and answer != ref_answer
+        if kind == "answer_letter":  # one character miscopied, the length kept
+          assert len(answer) == len(ref_answer)
+          assert sum(a != b for a, b in zip(answer, ref_answer)) == 1
       else:  # a step edit: the answer still agrees with the edited steps
         units = [s.split(":")[-1] if task == alg.LAST_LETTERS else s.split(" ", 1)[1]
                  for s in steps]
