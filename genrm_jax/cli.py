@@ -10,6 +10,7 @@ tensor, with exit status 2 and no traceback (``main``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from typing import Any, Callable, NoReturn, Sequence
@@ -39,11 +40,22 @@ def gin_path(path: str) -> str:
   return inside
 
 
+def _not_gin_package_probe(record: logging.LogRecord) -> bool:
+  """False for gin's "Path not found" error: gin first tries each ``include`` as a Python
+  package resource and logs that error before finding the file in gin_configs/, so every run
+  that includes a file printed an ERROR line about a file that was there. A file that is really
+  missing still fails, with gin's own exception."""
+  return not (record.levelno == logging.ERROR and record.getMessage().startswith("Path not found")
+              and record.pathname.endswith(os.path.join("gin", "resource_reader.py")))
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   """Parses gin files and bindings, replacing earlier ones: a command line is one configuration.
   ``include`` lines inside the files are found in gin_configs/ too."""
   gin.clear_config()
   gin.add_config_file_search_path(GIN_DIR)
+  root = logging.getLogger()
+  root.addFilter(_not_gin_package_probe)
   try:
     gin.parse_config_files_and_bindings([gin_path(f) for f in gin_files], list(bindings))
   except (ValueError, KeyError, SyntaxError, NameError) as e:
@@ -51,6 +63,8 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     # str() would quote the message again.)
     lines = str(e.args[0] if e.args else e).splitlines()
     raise ValueError("gin: " + "; ".join(l.strip() for l in lines if l.strip())) from e
+  finally:
+    root.removeFilter(_not_gin_package_probe)
 
 
 _REGISTERED: dict[type, Any] = {}

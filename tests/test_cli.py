@@ -4,6 +4,7 @@ command (run as a user would, in a subprocess: one ``error:`` line, status 2, no
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 import subprocess
@@ -37,6 +38,21 @@ def test_gin_files_are_found_in_gin_configs_and_flags_win_over_bindings(tmp_path
     assert cli.configure(_Cfg) == _Cfg()
   finally:
     gin.clear_config()
+
+
+def test_an_include_found_in_gin_configs_logs_no_error(tmp_path, caplog):
+  from genrm_jax import train  # noqa: F401  (registers the configs verifier_lm.gin binds)
+  own = tmp_path / "own.gin"
+  own.write_text("include 'pipeline/verifier_lm.gin'\n")
+  with caplog.at_level(logging.INFO):
+    cli.parse_gin([str(own)], [])
+  gin.clear_config()
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+  assert cli._not_gin_package_probe not in logging.getLogger().filters  # only while parsing
+  missing = tmp_path / "missing.gin"
+  missing.write_text("include 'pipeline/no_such_file.gin'\n")
+  with pytest.raises(Exception, match="no_such_file"):
+    cli.parse_gin([str(missing)], [])
 
 
 def test_bad_gin_input_is_one_line_naming_it():
