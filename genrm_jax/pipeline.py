@@ -84,7 +84,7 @@ VERIFIERS = (
                    (("verdict_weight", _VERDICT_WEIGHT),)),
     # The same weight on each verdict its rationale gives on the way ("walk" style): at 1 one
     # seed's rationales marked nearly every pair Yes, matched or not.
-    VerifierRecipe("genrm_cot", "pipeline/verifier_lm.gin", "policy_genrm_cot", "cot",
+    VerifierRecipe("genrm_cot", "pipeline/verifier_cot.gin", "policy_genrm_cot", "cot",
                    (("verdict_weight", _VERDICT_WEIGHT),), steps="cot_verifier_steps"),
 )
 
@@ -109,8 +109,9 @@ class PipelineConfig:
   verifier_steps: int = 600
   # GenRM-CoT's rationales are sampled, so every copy in them must hold, not only be likely: at
   # 300 steps its rationales lost their place in the question (a word repeated or skipped) and
-  # rejected correct candidates; at 600, seed 0 went from .824 to .879 at N = 16 (README).
-  cot_verifier_steps: int = 600
+  # rejected correct candidates; at 600, seed 0 went from .824 to .879 at N = 16 (README). Its
+  # steps are of 8 rows, not 16 (pipeline/verifier_cot.gin): 1200 of them cost what 600 did.
+  cot_verifier_steps: int = 1200
   # Layers the verifiers add on top of the policy's 3 (identity maps at first, see
   # train.append_identity_layers). With the policy's depth alone, GenRM could not fit its own
   # hard negatives (10-33% rejected after 300 steps): comparing an answer letter with the step
