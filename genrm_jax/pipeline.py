@@ -84,7 +84,7 @@ VERIFIERS = (
                    (("verdict_weight", _VERDICT_WEIGHT),)),
     # The same weight on each verdict its rationale gives on the way ("walk" style): at 1 one
     # seed's rationales marked nearly every pair Yes, matched or not.
-    VerifierRecipe("genrm_cot", "pipeline/verifier_cot.gin", "policy_genrm_cot", "cot",
+    VerifierRecipe("genrm_cot", "pipeline/verifier_lm.gin", "policy_genrm_cot", "cot",
                    (("verdict_weight", _VERDICT_WEIGHT),), steps="cot_verifier_steps"),
 )
 
@@ -109,8 +109,12 @@ class PipelineConfig:
   verifier_steps: int = 600
   # GenRM-CoT's rationales are sampled, so every copy in them must hold, not only be likely: at
   # 300 steps its rationales lost their place in the question (a word repeated or skipped) and
-  # rejected correct candidates; at 600, seed 0 went from .824 to .879 at N = 16 (README). Its
-  # steps are of 8 rows, not 16 (pipeline/verifier_cot.gin): 1200 of them cost what 600 did.
+  # rejected correct candidates; at 600, seed 0 went from .824 to .879 at N = 16 (README). A
+  # verification record is about 115 tokens, so 600 steps of 16 rows of 256 held at most 0.6 of
+  # the verifier data: on seed 2's stages the sampled copies of a wrong answer then slid towards
+  # the right one, and Best-of-16 was .883 and .898 (two trainings); 1200 x 8 rows (the same
+  # tokens) .934 and .941, level with direct GenRM; 1200 x 16, twice the tokens, .961 (seed 0:
+  # .883, .891, .895).
   cot_verifier_steps: int = 1200
   # Layers the verifiers add on top of the policy's 3 (identity maps at first, see
   # train.append_identity_layers). With the policy's depth alone, GenRM could not fit its own
