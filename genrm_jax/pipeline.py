@@ -113,8 +113,8 @@ class PipelineConfig:
   # verification record is about 115 tokens, so 600 steps of 16 rows of 256 held at most 0.6 of
   # the verifier data: on seed 2's stages the sampled copies of a wrong answer then slid towards
   # the right one, and Best-of-16 was .883 and .898 (two trainings); 1200 x 8 rows (the same
-  # tokens) .934 and .941, level with direct GenRM; 1200 x 16, twice the tokens, .961 (seed 0:
-  # .883, .891, .895).
+  # tokens) .934 and .941, level with direct GenRM; 1200 x 16, twice the tokens, .961. Seed 0:
+  # .883 (600 x 16), .891 (1200 x 8), .895 (1200 x 16).
   cot_verifier_steps: int = 1200
   # Layers the verifiers add on top of the policy's 3 (identity maps at first, see
   # train.append_identity_layers). With the policy's depth alone, GenRM could not fit its own
