@@ -55,7 +55,12 @@ def test_every_task_and_mixture_yields_batches(vocab, task):
                         "verdict_weights"}
     elif kind == "disc":
       assert set(np.unique(b["labels"])) <= {0.0, 1.0}
-      assert b["score_weights"].sum() >= 4 and not b["labels"][b["score_weights"] == 0].any()
+      assert b["score_weights"].sum() >= 4 and not b["labels"][b["segment_ids"] == 0].any()
+      for i, row in enumerate(b["segment_ids"]):  # each example: one label, token weights sum to 1
+        for sid in np.unique(row[row > 0]):
+          where = row == sid
+          assert len(np.unique(b["labels"][i][where])) == 1
+          np.testing.assert_allclose(b["token_weights"][i][where].sum(), 1.0, rtol=1e-6)
     else:
       assert b["chosen_loss_weights"].sum() > 0 and b["rejected_loss_weights"].sum() > 0
 

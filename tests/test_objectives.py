@@ -69,16 +69,19 @@ def test_lm_loss_and_verdict_accuracy(verdict_weight, chunk):
   assert float(terms.correct) == hits.sum() and float(terms.count) == v.sum()
 
 
-@pytest.mark.parametrize("z_loss,sft", [(0.0, 0.0), (1e-4, 0.0), (1e-4, 0.25)])
-def test_disc_loss_and_score(z_loss, sft):
+@pytest.mark.parametrize("z_loss,sft,token", [(0.0, 0.0, 0.0), (1e-4, 0.0, 0.0),
+                                              (1e-4, 0.25, 0.0), (1e-4, 0.25, 0.7)])
+def test_disc_loss_and_score(z_loss, sft, token):
   head = {"w": jnp.asarray(np.random.default_rng(2).normal(size=16), jnp.float32),
           "b": jnp.asarray(0.3, jnp.float32)}
   params = {"model": _params(2), "head": head}
   batch = synthetic.make_batch(1, batch_size=B, seq_len=T, objective="disc", vocab_size=24)
-  obj = objectives.ObjectiveConfig("disc", disc_z_loss=z_loss, disc_sft_weight=sft)
+  obj = objectives.ObjectiveConfig("disc", disc_z_loss=z_loss, disc_sft_weight=sft,
+                                   disc_token_weight=token)
   terms = jax.jit(objectives.loss_terms_fn(obj, CFG))(params, batch, None)
-  # Each packed example alone, from its own BOS-less start: its last token's hidden state, and
-  # for a correct one the log-probs of its second half (the synthetic "solution") as SFT.
+  # Each packed example alone, from its own BOS-less start: its last token's hidden state, for a
+  # correct one the log-probs of its second half (the synthetic "solution") as SFT, and the mean
+  # of the BCE at each token of that half.
   want, hits, n, sft_tokens = 0.0, 0, 0, 0
   for i in range(B):
     sids = batch["segment_ids"][i]
@@ -87,13 +90,19 @@ def test_disc_loss_and_score(z_loss, sft):
       seq = batch["inputs"][i][where][None]
       logits, _, hidden = _forward(params["model"], seq, np.arange(len(where))[None],
                                    np.ones_like(seq))
-      s = np.asarray(hidden, np.float64)[0, -1] @ np.asarray(head["w"], np.float64) + 0.3
+      every = np.asarray(hidden, np.float64)[0] @ np.asarray(head["w"], np.float64) + 0.3
       y = batch["labels"][i][where[-1]]
       assert batch["score_weights"][i][where[-1]] == 1.0
-      logz = np.log1p(np.exp(s))
-      want += -(y * (s - logz) + (1 - y) * (-logz)) + z_loss * logz ** 2
+
+      def bce(s):
+        logz = np.log1p(np.exp(s))
+        return -(y * (s - logz) + (1 - y) * (-logz)) + z_loss * logz ** 2
+
+      s = every[-1]
+      start = (len(where) + 1) // 2
+      per_token = bce(every[start:])  # empty for a one-token example
+      want += bce(s) + token * (per_token.mean() if per_token.size else 0.0)
       if y:
-        start = (len(where) + 1) // 2
         lp = _log_softmax(np.asarray(logits, np.float64)[0])
         want -= sft * sum(lp[p, seq[0, p + 1]] for p in range(start - 1, len(where) - 1))
         sft_tokens += len(where) - start
@@ -163,7 +172,7 @@ def test_check_batch_names_the_field():
     objectives.get("lm").check_batch(batch)
   with pytest.raises(ValueError, match="kind='nope'"):
     objectives.ObjectiveConfig("nope")
-  for field in ("verdict_weight", "disc_sft_weight", "logits_chunk"):
+  for field in ("verdict_weight", "disc_sft_weight", "disc_token_weight", "logits_chunk"):
     with pytest.raises(ValueError, match=f"ObjectiveConfig.{field}=-1"):
       objectives.ObjectiveConfig("disc", **{field: -1})
 

@@ -43,6 +43,10 @@ class ObjectiveConfig:
   # relative to 1 for an example's BCE: SFT on correct solutions, GenRM's lambda term, given to
   # the classifier. 0 is the paper's discriminative RM (BCE alone).
   disc_sft_weight: float = 0.0
+  # disc: the weight of BCE at every token of the solution (an example's tokens averaged, so it
+  # weighs this much against 1 for the BCE at its last token), the verifier of Cobbe et al. 2021
+  # that predicts the label at each token; scoring still reads the last token. 0: the paper's.
+  disc_token_weight: float = 0.0
   # lm: the loss weight of each Yes/No verdict token, relative to 1 for every other target token.
   # A direct verification record has one verdict among its target tokens, and the SFT records
   # mixed in (lambda) are all solution tokens: at 1, verdicts were 6% of the loss in the tiny run.
@@ -56,8 +60,9 @@ class ObjectiveConfig:
       raise ValueError(f"ObjectiveConfig.kind={self.kind!r}; expected one of {tuple(REGISTRY)}")
     if self.verdict_weight <= 0:
       raise ValueError(f"ObjectiveConfig.verdict_weight={self.verdict_weight}; must be > 0")
-    if self.disc_sft_weight < 0:
-      raise ValueError(f"ObjectiveConfig.disc_sft_weight={self.disc_sft_weight}; must be >= 0")
+    for name in ("disc_sft_weight", "disc_token_weight"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"ObjectiveConfig.{name}={getattr(self, name)}; must be >= 0")
     if self.logits_chunk < 0:
       raise ValueError(f"ObjectiveConfig.logits_chunk={self.logits_chunk}; must be >= 0")
 

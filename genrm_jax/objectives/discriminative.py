@@ -5,11 +5,14 @@ loss is binary cross-entropy on correct (1) / incorrect (0), plus an optional z-
 ``z_loss * log(1 + e^s)^2`` (the squared log partition function of the logits (0, s); the
 paper's appendix reports 1e-4) that keeps the score from drifting, plus, with
 ``ObjectiveConfig.disc_sft_weight`` > 0, next-token cross-entropy on the solution tokens of the
-correct examples (SFT on correct solutions, as GenRM mixes in). The loss is normalised by the
-number of examples. Records {"inputs", "targets", "label"} -> rows packed like the LM
+correct examples (SFT on correct solutions, as GenRM mixes in), plus, with
+``ObjectiveConfig.disc_token_weight`` > 0, the mean BCE of the head at each solution token (the
+label predicted from every prefix, as Cobbe et al. 2021's verifier). The loss is normalised by
+the number of examples. Records {"inputs", "targets", "label"} -> rows packed like the LM
 objective's (each example [BOS] inputs targets, its own segment, its positions from 0):
-"score_weights" is 1 at each example's last token and "labels" holds its label there (1.0 =
-correct solution); "targets" / "loss_weights" are the next token and the SFT weight. One example
+"score_weights" is 1 at each example's last token, "labels" its label (1.0 = correct solution)
+at each of its positions, "token_weights" 1 / (solution length) at each solution token;
+"targets" / "loss_weights" are the next token and the SFT weight. One example
 a row left rows of the last-letters verifier data under half full. Score (``disc``): the head's
 logit s. The model directory's metadata carries the head (``disc_head``).
 """
@@ -93,19 +96,22 @@ def _sigmoid(scores: np.ndarray) -> np.ndarray:
 
 
 _SEGMENT = {"inputs": np.int32, "score_weights": np.float32, "labels": np.float32,
-            "targets": np.int32, "loss_weights": np.float32}
+            "targets": np.int32, "loss_weights": np.float32, "token_weights": np.float32}
 
 
 def _row(segments, seq_len: int) -> rows.Row:
   """One row of (tokens, label, solution start) segments, zero-padded; each scored at its last
-  token, a correct one's solution tokens also the targets of its SFT term."""
+  token (and, for ``disc_token_weight``, at each of its solution tokens), a correct one's
+  solution tokens also the targets of its SFT term."""
   def arrays(seq, label, start):
     at_end = np.zeros(len(seq), np.float32)
     at_end[-1] = 1.0
     targets = np.append(seq[1:], 0).astype(np.int32)
     sft = np.zeros(len(seq), np.float32)
     sft[start - 1:-1] = label  # positions whose next token is a solution token
-    return seq, at_end, at_end * label, targets, sft
+    per_token = np.zeros(len(seq), np.float32)
+    per_token[start:] = 1.0 / max(1, len(seq) - start)  # positions that have read a solution token
+    return seq, at_end, np.full(len(seq), label, np.float32), targets, sft, per_token
   return rows.packed_row([arrays(*seg) for seg in segments], seq_len, _SEGMENT)
 
 
@@ -146,7 +152,7 @@ class Discriminative(base.Objective):
   batch_fields = {"inputs": (2, np.int32), "positions": (2, np.int32),
                   "segment_ids": (2, np.int32), "score_weights": (2, np.float32),
                   "labels": (2, np.float32), "targets": (2, np.int32),
-                  "loss_weights": (2, np.float32)}
+                  "loss_weights": (2, np.float32), "token_weights": (2, np.float32)}
   methods = (base.Method("disc", "discriminative", _score, _context, probability=_sigmoid),)
 
   def check_record(self, record: dict[str, Any], verdict: bool) -> str | None:
@@ -185,7 +191,7 @@ class Discriminative(base.Objective):
       w, labels = batch["score_weights"], batch["labels"]
       loss = optax.sigmoid_binary_cross_entropy(score, labels)
       loss += oc.disc_z_loss * jnp.square(jax.nn.softplus(score))
-      total = jnp.sum(w * loss)
+      total = jnp.sum((w + oc.disc_token_weight * batch["token_weights"]) * loss)
       if oc.disc_sft_weight:  # static: the paper's baseline never unembeds
         stats = logits_lib.token_stats(cfg, params["model"]["embedder"]["input_embedding"],
                                        hidden, batch["targets"], oc.logits_chunk)
