@@ -37,7 +37,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 
@@ -62,8 +62,12 @@ class VerifierRecipe:
   gin_file: str
   data: str  # the seqio task/mixture, from tasks.algorithmic.register_policy_candidates
   method: str  # genrm_jax.eval scoring method
-  objective: tuple[tuple[str, float], ...] = ()  # ObjectiveConfig fields set over the gin file's
+  # ObjectiveConfig fields set over the gin file's: a value, or a mapping task -> value.
+  objective: tuple[tuple[str, float | Mapping[str, float]], ...] = ()
   steps: str = "verifier_steps"  # the PipelineConfig field with its number of training steps
+
+  def objective_for(self, task: str) -> tuple[tuple[str, float], ...]:
+    return tuple((k, v[task] if isinstance(v, Mapping) else v) for k, v in self.objective)
 
 
 # One verdict token per record against every solution token of the SFT records mixed in:
@@ -76,12 +80,14 @@ _VERDICT_WEIGHT = 8.0
 # was not 2 SE above pass@1 on either seed (+.018, -.039 at N = 16); with it, it reads letters
 # (README).
 _DISC_SFT_WEIGHT = 2 * records.PAPER_LAMBDA[word_puzzles.LAST_LETTERS] / _VERDICT_WEIGHT
-# And the label at every solution token, weighed as much as the last token's (Cobbe et al.'s
-# verifier). Read only at the last token, it did not fit the letter check on its own training
-# data (a same-length answer whose letter differs from its steps above a correct solution in 31%
-# of pairs) and was under two standard errors above pass@1 on seeds 0 and 2 (+.016, +.017); with
-# it, two trainings each: +.063 and +.043 (seed 0), +.072 and +.080 (seed 2) (README).
-_DISC_TOKEN_WEIGHT = 1.0
+# On last letters also the label at every solution token, weighed as much as the last token's
+# (Cobbe et al.'s verifier). Read only at the last token, it did not fit the letter check on its
+# own training data (a same-length answer whose letter differs from its steps above a correct
+# solution in 31% of pairs) and was under two standard errors above pass@1 on seeds 0 and 2
+# (+.016, +.017); with it, two trainings each: +.063 and +.043 (seed 0), +.072 and +.080 (seed 2).
+# On word sorting it did harm (seed 0: -.004 and -.090 against +.051 read at the last token only;
+# README).
+_DISC_TOKEN_WEIGHT = {word_puzzles.LAST_LETTERS: 1.0, word_puzzles.WORD_SORTING: 0.0}
 
 VERIFIERS = (
     VerifierRecipe("discriminative", "pipeline/verifier_disc.gin", "policy_discriminative",
@@ -407,7 +413,7 @@ class Runner:
       self.stage(f"f. train verifier {recipe.name}", os.path.join(workdir, "model"),
                  lambda recipe=recipe, workdir=workdir: self.train_stage(
                      workdir, recipe.gin_file, recipe.data, getattr(pc, recipe.steps),
-                     init_from=f"genrm:{self.path('policy')}", objective=recipe.objective,
+                     init_from=f"genrm:{self.path('policy')}", objective=recipe.objective_for(pc.task),
                      mixture=self.mixture(), add_layers=pc.verifier_add_layers,
                      fit_rows=True), "verifier")
     eval_dir = self.path("eval")

@@ -12,6 +12,7 @@ import pytest
 
 from genrm_jax import candidates as cands
 from genrm_jax import formats
+from genrm_jax import objectives
 from genrm_jax import pipeline
 from genrm_jax import records
 from genrm_jax import vocab as vocab_lib
@@ -52,6 +53,9 @@ def test_quick_pipeline_runs_every_stage_and_reproduces(tmp_path):
   for name, rate in (("discriminative", "0.001"), ("genrm", "0.001"), ("genrm_cot", "0.002")):
     config_gin = (out / "verifiers" / name / "config.gin").read_text()
     assert f"OptimConfig.peak_lr = {rate}\n" in config_gin, name
+  # The classifier's per-task settings reach its training (last letters: the label at every token).
+  assert "ObjectiveConfig.disc_token_weight = 1.0\n" in (
+      out / "verifiers" / "discriminative" / "config.gin").read_text()
   card = json.loads((out / "verifier_data_card.json").read_text())
   assert card["selected"]["records"] == len((out / "verifier_data.jsonl").read_text().splitlines())
   assert set(card["sampled"]["by"]) == {"words", "steps", "answer_length", "steps_minus_words",
@@ -147,6 +151,14 @@ def test_every_verifier_recipe_names_a_recorded_steps_field():
   fields = {f.name for f in pipeline.dataclasses.fields(pipeline.PipelineConfig)}
   for recipe in pipeline.VERIFIERS:
     assert recipe.steps in fields and recipe.steps in pipeline.STAGE_SETTINGS["verifier"], recipe
+
+
+def test_every_verifier_recipe_has_settings_for_every_task():
+  for recipe in pipeline.VERIFIERS:
+    for task in word_puzzles.TASKS:
+      settings = dict(recipe.objective_for(task))
+      objectives.ObjectiveConfig(**settings)  # valid fields and values
+      assert all(isinstance(v, float) for v in settings.values()), (recipe.name, task)
 
 
 def test_verifier_rows_fit_the_longest_record(tmp_path):
