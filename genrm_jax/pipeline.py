@@ -230,8 +230,11 @@ class Runner:
     with open(path) as f:
       return json.load(f)
 
-  def stage(self, name: str, done: str, fn: Callable[[], int | None], kind: str) -> None:
-    want = self.settings(kind)
+  def stage(self, name: str, done: str, fn: Callable[[], int | None], kind: str,
+            recipe: Mapping[str, Any] | None = None) -> None:
+    """Runs ``fn`` unless ``done`` exists; ``recipe``: settings of the stage that are not
+    PipelineConfig fields (a verifier's objective settings), recorded and checked alike."""
+    want = {**self.settings(kind), **json.loads(json.dumps(dict(recipe or {})))}
     if os.path.exists(done):
       made = self.recorded().get(name)
       if made is None:
@@ -415,7 +418,8 @@ class Runner:
                      workdir, recipe.gin_file, recipe.data, getattr(pc, recipe.steps),
                      init_from=f"genrm:{self.path('policy')}", objective=recipe.objective_for(pc.task),
                      mixture=self.mixture(), add_layers=pc.verifier_add_layers,
-                     fit_rows=True), "verifier")
+                     fit_rows=True), "verifier",
+                 recipe={"objective": dict(recipe.objective_for(pc.task))})
     eval_dir = self.path("eval")
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
                lambda: self.evaluate(recipes, test_cands, eval_dir), "evaluation")

@@ -145,6 +145,18 @@ def test_a_stage_made_with_other_settings_is_not_reused(tmp_path, capsys):
   (tmp_path / pipeline.SETTINGS_FILE).unlink()
   pipeline.Runner(longer).stage("b. policy", str(done), make, "policy")
   assert calls == [1] and "not checked" in capsys.readouterr().out
+  # A verifier's objective settings (its recipe, not PipelineConfig) are checked alike.
+  verifier = tmp_path / "verifiers" / "disc" / "model"
+  runner = pipeline.Runner(pc)
+  runner.stage("f. disc", str(verifier), lambda: verifier.mkdir(parents=True), "verifier",
+               recipe={"objective": {"disc_token_weight": 1.0}})
+  runner.stage("f. disc", str(verifier), make, "verifier",
+               recipe={"objective": {"disc_token_weight": 1.0}})
+  with pytest.raises(pipeline.StageFailed, match=r"objective=\{'disc_token_weight': 1.0\} there, "
+                     r"\{'disc_token_weight': 0.0\} now"):
+    runner.stage("f. disc", str(verifier), make, "verifier",
+                 recipe={"objective": {"disc_token_weight": 0.0}})
+  assert calls == [1]
 
 
 def test_every_verifier_recipe_names_a_recorded_steps_field():
