@@ -413,13 +413,13 @@ class Runner:
     recipes = [v for v in VERIFIERS if v.name in pc.verifiers]
     for recipe in recipes:
       workdir = self.path("verifiers", recipe.name)
+      objective = recipe.objective_for(pc.task)
       self.stage(f"f. train verifier {recipe.name}", os.path.join(workdir, "model"),
-                 lambda recipe=recipe, workdir=workdir: self.train_stage(
+                 lambda recipe=recipe, workdir=workdir, objective=objective: self.train_stage(
                      workdir, recipe.gin_file, recipe.data, getattr(pc, recipe.steps),
-                     init_from=f"genrm:{self.path('policy')}", objective=recipe.objective_for(pc.task),
+                     init_from=f"genrm:{self.path('policy')}", objective=objective,
                      mixture=self.mixture(), add_layers=pc.verifier_add_layers,
-                     fit_rows=True), "verifier",
-                 recipe={"objective": dict(recipe.objective_for(pc.task))})
+                     fit_rows=True), "verifier", recipe={"objective": dict(objective)})
     eval_dir = self.path("eval")
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
                lambda: self.evaluate(recipes, test_cands, eval_dir), "evaluation")

@@ -191,7 +191,10 @@ class Discriminative(base.Objective):
       w, labels = batch["score_weights"], batch["labels"]
       loss = optax.sigmoid_binary_cross_entropy(score, labels)
       loss += oc.disc_z_loss * jnp.square(jax.nn.softplus(score))
-      total = jnp.sum((w + oc.disc_token_weight * batch["token_weights"]) * loss)
+      bce_w = w  # the last tokens; with disc_token_weight (static) every solution token as well
+      if oc.disc_token_weight:
+        bce_w = w + oc.disc_token_weight * batch["token_weights"]
+      total = jnp.sum(bce_w * loss)
       if oc.disc_sft_weight:  # static: the paper's baseline never unembeds
         stats = logits_lib.token_stats(cfg, params["model"]["embedder"]["input_embedding"],
                                        hidden, batch["targets"], oc.logits_chunk)
