@@ -78,7 +78,7 @@ _VERDICT_WEIGHT = 8.0
 # classifier's examples are correct solutions, so T/2 SFT tokens per BCE term of weight 1. Without
 # it (the paper's BCE alone) the classifier learned answer length but not answer letters and
 # was not 2 SE above pass@1 on either seed (+.018, -.039 at N = 16); with it, it reads letters
-# (README).
+# (docs/experiments.md).
 _DISC_SFT_WEIGHT = 2 * records.PAPER_LAMBDA[word_puzzles.LAST_LETTERS] / _VERDICT_WEIGHT
 # On last letters also the label at every solution token, weighed as much as the last token's
 # (Cobbe et al.'s verifier). Read only at the last token, it did not fit the letter check on its
@@ -86,7 +86,7 @@ _DISC_SFT_WEIGHT = 2 * records.PAPER_LAMBDA[word_puzzles.LAST_LETTERS] / _VERDIC
 # solution in 31% of pairs) and was under two standard errors above pass@1 on seeds 0 and 2
 # (+.016, +.017); with it, two trainings each: +.063 and +.043 (seed 0), +.072 and +.080 (seed 2).
 # On word sorting it did harm (seed 0: -.004 and -.090 against +.051 read at the last token only;
-# README).
+# docs/experiments.md).
 _DISC_TOKEN_WEIGHT = {word_puzzles.LAST_LETTERS: 1.0, word_puzzles.WORD_SORTING: 0.0}
 
 VERIFIERS = (
@@ -118,16 +118,16 @@ class PipelineConfig:
   policy_decay_steps: int = 1000
   # The discriminative RM and direct GenRM. At 300 steps GenRM's gain on seed 1 was +.012 ± .020,
   # at 600 +.043 ± .019; the discriminative RM went from reading length backwards to reading it
-  # (README).
+  # (docs/experiments.md).
   verifier_steps: int = 600
   # GenRM-CoT's rationales are sampled, so every copy in them must hold, not only be likely: at
   # 300 steps its rationales lost their place in the question (a word repeated or skipped) and
-  # rejected correct candidates; at 600, seed 0 went from .824 to .879 at N = 16 (README). A
-  # verification record is about 115 tokens, so 600 steps of 16 rows of 256 held at most 0.6 of
-  # the verifier data: on seed 2's stages the sampled copies of a wrong answer then slid towards
-  # the right one, and Best-of-16 was .883 and .898 (two trainings); 1200 x 8 rows (the same
-  # tokens) .934 and .941, level with direct GenRM; 1200 x 16, twice the tokens, .961. Seed 0:
-  # .883 (600 x 16), .891 (1200 x 8), .895 (1200 x 16).
+  # rejected correct candidates; at 600, seed 0 went from .824 to .879 at N = 16
+  # (docs/experiments.md). A verification record is about 115 tokens, so 600 steps of 16 rows of
+  # 256 held at most 0.6 of the verifier data: on seed 2's stages the sampled copies of a wrong
+  # answer then slid towards the right one, and Best-of-16 was .883 and .898 (two trainings);
+  # 1200 x 8 rows (the same tokens) .934 and .941, level with direct GenRM; 1200 x 16, twice the
+  # tokens, .961. Seed 0: .883 (600 x 16), .891 (1200 x 8), .895 (1200 x 16).
   cot_verifier_steps: int = 1200
   # Layers the verifiers add on top of the policy's 3 (identity maps at first, see
   # train.append_identity_layers). With the policy's depth alone, GenRM could not fit its own

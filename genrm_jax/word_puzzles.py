@@ -207,7 +207,7 @@ _ANSWER_LINE = re.compile(r"^The answer is .*$")
 #   the answer's adjacent pairs and then the question's words instead (``_walk_sorting``).
 RATIONALE_STYLES = ("check", "derive", "walk")
 # On the default run's first 128 test problems (seed 0), GenRM-CoT at N = 16: .742 with "check",
-# .828 with "walk" (README).
+# .828 with "walk" (docs/experiments.md).
 DEFAULT_RATIONALE_STYLE = "walk"
 VOCAB_RATIONALE_STYLE = "check"  # see texts_for_vocab
 
@@ -352,8 +352,8 @@ def _drop_step(task: str, steps: list[str], answer: str, k: int) -> str:
 # its neighbour; a step's unit or word wrong; a step hallucinated or dropped. Insertions and
 # deletions come in equal measure: with insertions alone (the tiny policy's usual mistake) the
 # verifiers learnt that shorter answers are right. Without the miscopied unit, a same-length
-# answer with a wrong letter was the verifiers' blind spot (README: a quarter of one policy's
-# wrong letters come from nowhere).
+# answer with a wrong letter was the verifiers' blind spot (docs/experiments.md: a quarter of
+# one policy's wrong letters come from nowhere).
 HARD_NEGATIVES = ("answer_repeat", "answer_drop", "answer_neighbor", "answer_letter",
                   "answer_swap", "step_unit", "step_word", "extra_step", "drop_step")
 
