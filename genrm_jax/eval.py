@@ -17,6 +17,8 @@ Writes, atomically, to DIR:
   for probability scores ``NAME+weighted_sc``), ``tokens_per_problem`` (the same keys: generated
   tokens per problem, solutions plus rationales), ``stderr`` (over problems, at the largest N),
   ``vs_pass@1`` (each method's paired per-problem difference from pass@1 and its standard error),
+  ``between_methods`` (the same for each pair of self-consistency and the verifier rows but
+  ``[K=k]``: ``{A: {B: {"diff": A - B, "se"}}}``, each pair once, in the table's order),
   and ``diagnostics`` per verifier (within-pool and pooled ROC AUC, Brier score, ECE and reliability
   bins of probability scores, and for the algorithmic tasks the counterfactual probe rates; see
   ``genrm_jax.diagnostics``);
@@ -331,16 +333,21 @@ def compute_results(pools: Sequence[cands.Pool], scores: dict[str, Scored], ec: 
       notes.append(f"{name}: scores are not probabilities, so no weighted self-consistency")
   largest = ns[-1]
   at = {name: np.array([c[min(largest, len(c)) - 1] for c in cs]) for name, cs in curves.items()}
-  paired = {}
-  for name, v in at.items():
-    if name not in MODEL_FREE:
-      d = v - at["pass@1"]
-      se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-      paired[name] = {"diff": float(d.mean()), "se": se}
+  # Two methods' Best-of-N on the same pools are correlated, so whether one is above the other
+  # (the paper's order of verifiers, or a verifier against pass@1) is read from the per-problem
+  # difference: its standard error is far below either method's own.
+  def paired(a: str, b: str) -> dict[str, float]:
+    d = at[a] - at[b]
+    se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"diff": float(d.mean()), "se": se}
+  ranked = [n for n in at if n == "self_consistency" or (n not in MODEL_FREE and "[K=" not in n)]
   return {"best_of_n": {name: ev.at_ns(c, ns) for name, c in curves.items()},
           "tokens_per_problem": tokens,
           "stderr": {name: ev.stderr_at(c, largest) for name, c in curves.items()},
-          "vs_pass@1": paired, "largest_n": largest, "notes": notes}
+          "vs_pass@1": {n: paired(n, "pass@1") for n in at if n not in MODEL_FREE},
+          "between_methods": {a: {b: paired(a, b) for b in ranked[i + 1:]}
+                              for i, a in enumerate(ranked[:-1])},
+          "largest_n": largest, "notes": notes}
 
 
 def verifier_diagnostics(pools: Sequence[cands.Pool], scores: dict[str, Scored],
@@ -413,6 +420,10 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierArg],
     notes.append(f"paired difference from pass@1 at N={largest} (+- its standard error): " +
                  ", ".join(f"{name} {d['diff']:+.3f} +- {d['se']:.3f}"
                            for name, d in res["vs_pass@1"].items()))
+  between = [f"{a} - {b} {d['diff']:+.3f} +- {d['se']:.3f}"
+             for a, row in res["between_methods"].items() for b, d in row.items()]
+  if between:
+    notes.append(f"paired differences between methods at N={largest}: " + ", ".join(between))
   if sol_tokens is None:
     notes.append("no token counts: the candidates lack num_tokens and no verifier vocabulary "
                  "was loaded, so tokens_per_problem is empty")

@@ -119,15 +119,18 @@ def test_scores_file_rows_plot_and_recompute(released, tmp_path):
     for p in pools:
       for c in p.candidates:
         s = np.clip(np.round(0.6 * c["correct"] + rng.random() * 0.6, 1), 0, 1)
+        # and one that prefers wrong candidates, for the paired differences between verifiers
+        anti = np.clip(np.round(0.5 - 0.4 * c["correct"] + rng.random() * 0.5, 1), 0, 1)
         f.write(json.dumps({"question_id": p.question_id, "candidate_id": c["candidate_id"],
-                            "scores": {"noisy": float(s)}}) + "\n")
+                            "scores": {"noisy": float(s), "anti": float(anti)}}) + "\n")
   out = tmp_path / "eval"
   eval_cli.main(["--task", "gsm8k", "--candidates", path, "--out", str(out),
              "--scores_file", str(tmp_path / "scores.jsonl"),
              "--gin_bindings", "EvalConfig.mc_samples = 300"])
   full = json.load(open(out / "results.json"))
   got = full["best_of_n"]
-  assert set(got) == {"pass@1", "pass@n", "self_consistency", "noisy", "noisy+weighted_sc"}
+  assert set(got) == {"pass@1", "pass@n", "self_consistency", "noisy", "noisy+weighted_sc",
+                      "anti", "anti+weighted_sc"}
   assert got["pass@n"] == results["pass@n"]
   saved = [json.loads(l) for l in open(out / "scores.jsonl")]
   by_key = {(r["question_id"], r["candidate_id"]): r["scores"]["noisy"] for r in saved}
@@ -147,6 +150,30 @@ def test_scores_file_rows_plot_and_recompute(released, tmp_path):
   d = [c[-1] - p.correct.mean() for c, p in zip(curves, pools)]
   assert full["vs_pass@1"]["noisy"]["diff"] == pytest.approx(np.mean(d))
   assert full["vs_pass@1"]["noisy"]["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(len(d)))
+  # Between methods, at the largest N (every pool whole), counted by hand: a verifier picks its
+  # top-scored candidates (ties share); self-consistency the most voted answer (ties share).
+  assert max(len(p) for p in pools) <= int(max(got["noisy"], key=int))
+  task = task_rules.get_task("gsm8k")
+  def whole_pool(p, name):
+    s = np.array([by_name[name][p.question_id, c["candidate_id"]] for c in p.candidates])
+    return p.correct[s == s.max()].mean()
+  by_name = {n: {(r["question_id"], r["candidate_id"]): r["scores"][n] for r in saved}
+             for n in ("noisy", "anti")}
+  sc = []
+  for p in pools:
+    votes = collections.Counter(task.normalize(a) for a in p.answers if a)
+    top = [a for a, k in votes.items() if k == max(votes.values())]
+    right = {task.normalize(a) for a, c in zip(p.answers, p.correct) if a and c}
+    sc.append(np.mean([a in right for a in top]))
+  noisy, anti = ([whole_pool(p, n) for p in pools] for n in ("noisy", "anti"))
+  between = full["between_methods"]
+  assert list(between) == ["self_consistency", "noisy", "noisy+weighted_sc", "anti"]
+  assert list(between["noisy"]) == ["noisy+weighted_sc", "anti", "anti+weighted_sc"]
+  for got_d, d in ((between["self_consistency"]["anti"], np.subtract(sc, anti)),
+                   (between["noisy"]["anti"], np.subtract(noisy, anti))):
+    assert d.std() > 0
+    assert got_d["diff"] == pytest.approx(d.mean())
+    assert got_d["se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(len(d)))
   import matplotlib.image  # pylint: disable=g-import-not-at-top
   assert matplotlib.image.imread(str(out / "best_of_n.png")).shape[2] in (3, 4)
   # Re-running on the saved scores reproduces the results exactly.
