@@ -170,6 +170,13 @@ class PipelineConfig:
   max_rationale_tokens: int = 160
   rationale_temperature: float = 0.7
   verifiers: tuple[str, ...] = tuple(v.name for v in VERIFIERS)
+  # Stage f's seed (the verifiers' batch order, added layers' and head's initialisation); None:
+  # ``seed``. On the same stages a-e two trainings of a verifier differ by up to .08 at N = 16
+  # (docs/experiments.md), so an order between verifiers needs several: the README's "stage f's
+  # seed 10" trainings are ``--gin_bindings 'PipelineConfig.verifier_seed = 10'`` in a copy of
+  # the run folder without its verifiers/ and eval*/, or with another ``out`` (stages a-e redone:
+  # on one machine they come out byte for byte the same).
+  verifier_seed: int | None = None
   # Gin bindings for every training stage, over its gin files (what the pipeline sets itself,
   # below, it sets last: seeds, steps and schedule, data, vocabulary, starting point).
   extra_bindings: tuple[str, ...] = ()
@@ -193,7 +200,7 @@ _TEST = _SAMPLING | {"test_problems", "test_length", "num_samples"}
 _VERIFIER_DATA = _SAMPLING | {"verifier_lengths", "train_problems_per_length", "train_samples",
                               "max_per_class", "balance", "hard_negatives"}
 _VERIFIER = _VERIFIER_DATA | {"verifier_steps", "cot_verifier_steps", "verifier_add_layers",
-                              "rationale_style"}
+                              "rationale_style", "verifier_seed"}
 _SCORING = {"cot_votes", "max_rationale_tokens", "rationale_temperature", "verifiers"}
 _LONGER_TEST = _SAMPLING | {"test_problems", "longer_test_length", "num_samples"}
 STAGE_SETTINGS = {
@@ -266,11 +273,13 @@ class Runner:
   def experiment(self, gin_file: str, data: str, steps: int, decay_steps: int | None = None,
                  init_from: str = "scratch", objective: Sequence[tuple[str, Any]] = (),
                  mixture: records.MixtureConfig | None = None, add_layers: int = 0,
-                 fit_rows: bool = False) -> tuple[train.Experiment, str]:
+                 fit_rows: bool = False, seed: int | None = None
+                 ) -> tuple[train.Experiment, str]:
     """A training stage's experiment: the model and stage gin files (with ``extra_bindings``), then
     what the pipeline decides; and its config.gin text, the gin files' operative config followed
     by the bindings that the pipeline's settings amount to."""
     pc = self.pc
+    seed = pc.seed if seed is None else seed
     cli.parse_gin([pc.model_gin, gin_file], pc.extra_bindings)
     base = train.experiment_from_gin()
     operative = gin.operative_config_str()
@@ -281,10 +290,10 @@ class Runner:
         base,
         model=base.model.replace(vocab_size=vocab_lib.load_vocab(vocab_path).vocab_size,
                                  num_layers=base.model.num_layers + add_layers),
-        train=dataclasses.replace(base.train, seed=pc.seed, num_steps=steps, init_from=init_from,
+        train=dataclasses.replace(base.train, seed=seed, num_steps=steps, init_from=init_from,
                                   add_layers=add_layers),
         data=dataclasses.replace(
-            base.data, name=data, seed=pc.seed, vocab_path=vocab_path,
+            base.data, name=data, seed=seed, vocab_path=vocab_path,
             mixture=mixture or base.data.mixture,
             seq_len=self.row_length(data, base.data.seq_len, mixture or base.data.mixture)
             if fit_rows else base.data.seq_len),
@@ -419,7 +428,8 @@ class Runner:
                      workdir, recipe.gin_file, recipe.data, getattr(pc, recipe.steps),
                      init_from=f"genrm:{self.path('policy')}", objective=objective,
                      mixture=self.mixture(), add_layers=pc.verifier_add_layers,
-                     fit_rows=True), "verifier", recipe={"objective": dict(objective)})
+                     fit_rows=True, seed=pc.verifier_seed), "verifier",
+                 recipe={"objective": dict(objective)})
     eval_dir = self.path("eval")
     self.stage("g. Best-of-N evaluation", os.path.join(eval_dir, "results.json"),
                lambda: self.evaluate(recipes, test_cands, eval_dir), "evaluation")

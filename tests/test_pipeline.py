@@ -196,3 +196,38 @@ def test_verifier_rows_fit_the_longest_record(tmp_path):
   assert runner.row_length("policy_discriminative", 4096, runner.mixture()) == 4096
   cot = runner.row_length("policy_genrm_cot", 16, runner.mixture())
   assert cot > short  # the rationale of 120 steps is longer still
+
+
+def test_verifier_seed_sets_stage_f_only(tmp_path, monkeypatch):
+  """``verifier_seed`` reseeds the verifiers' trainings (batch order, initialisation) and nothing
+  before them, so a second training reuses stages a-e; a verifier made with another seed is not
+  reused."""
+  seeds: dict[str, int | None] = {}
+
+  def train_stage(self, workdir, *args, **kwargs):
+    seeds[os.path.basename(workdir)] = kwargs.get("seed")
+    os.makedirs(os.path.join(workdir, "model"))
+
+  def touch(path):
+    with open(path, "w") as f:
+      f.write("{}")
+
+  monkeypatch.setattr(pipeline.Runner, "train_stage", train_stage)
+  monkeypatch.setattr(pipeline.Runner, "sample", lambda self, *a, **k: touch(a[3]))
+  monkeypatch.setattr(pipeline.Runner, "select_verifier_data", lambda self, _, out: touch(out))
+  monkeypatch.setattr(pipeline.Runner, "evaluate", lambda self, r, c, out: os.makedirs(out)
+                      or touch(os.path.join(out, "results.json")))
+  pc = pipeline.parse_config(["pipeline/quick.gin"], ["PipelineConfig.verifier_seed = 10"],
+                             str(tmp_path))
+  pipeline.Runner(pc).run()
+  assert seeds == {"policy": None, **{v: 10 for v in pc.verifiers}}
+  # The seed reaches the verifier's training and data (its batch order), not the policy's.
+  runner = pipeline.Runner(pc)
+  exp, text = runner.experiment("pipeline/verifier_genrm.gin", "policy_genrm", 5,
+                                init_from="genrm:x", seed=pc.verifier_seed)
+  assert (exp.train.seed, exp.data.seed) == (10, 10) and "TrainConfig.seed = 10" in text
+  policy, _ = runner.experiment(pc.policy_gin, "last_letters_policy_sft", 5)
+  assert (policy.train.seed, policy.data.seed) == (pc.seed, pc.seed)
+  # Another verifier seed on the same folder: stages a-e reused, the verifiers refused.
+  with pytest.raises(pipeline.StageFailed, match=r"verifier_seed=10 there, 11 now"):
+    pipeline.Runner(pipeline.dataclasses.replace(pc, verifier_seed=11)).run()
