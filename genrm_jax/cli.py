@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import os
 import sys
+import types
+import typing
 from typing import Any, Callable, NoReturn, Sequence
 
 import gin
@@ -80,10 +82,47 @@ def register(cls, name: str | None = None) -> None:
 
 def configure(cls, **overrides: Any):
   """An instance of config dataclass ``cls``: defaults, then gin bindings, then non-None
-  ``overrides`` (the explicit command-line flags)."""
+  ``overrides`` (the explicit command-line flags). A value of another type than its field's
+  is an error naming the field, before any work starts."""
   register(cls)
   cfg = _REGISTERED[cls]()
-  return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+  cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+  check_types(cfg)
+  return cfg
+
+
+def _fits(value: Any, hint: Any) -> bool:
+  """Whether ``value`` is of type ``hint`` as a gin binding writes it (an int for a float, a
+  list for a tuple); hints other than scalars, tuples and unions are left to the class."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    return any(_fits(value, h) for h in args)
+  if hint is type(None):
+    return value is None
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint in (str, bool):
+    return isinstance(value, hint)
+  if origin is tuple:
+    if not isinstance(value, (tuple, list)):
+      return False
+    if len(args) == 2 and args[1] is Ellipsis:
+      return all(_fits(v, args[0]) for v in value)
+    return len(args) == len(value) and all(_fits(v, h) for v, h in zip(value, args))
+  return True
+
+
+def check_types(cfg: Any) -> None:
+  """Raises ValueError naming the first field of dataclass ``cfg`` whose value is not of its
+  annotated type: without it, a string bound to a seed failed deep in JAX after earlier stages
+  had run."""
+  hints = typing.get_type_hints(type(cfg))
+  for f in dataclasses.fields(cfg):
+    value = getattr(cfg, f.name)
+    if not _fits(value, hints[f.name]):
+      raise ValueError(f"{type(cfg).__name__}.{f.name} = {value!r}: expected {f.type}")
 
 
 # ----------------------------------------------------------------------------- mesh

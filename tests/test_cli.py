@@ -40,6 +40,36 @@ def test_gin_files_are_found_in_gin_configs_and_flags_win_over_bindings(tmp_path
     gin.clear_config()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Typed:
+  seed: int | None = None
+  rate: float = 1.0
+  flag: bool = False
+  lengths: tuple[int, ...] = (2, 3)
+  pair: tuple[str, float] = ("a", 1.0)
+
+
+@pytest.mark.parametrize("binding, ok", [
+    ("_Typed.seed = 3", True), ("_Typed.seed = None", True), ("_Typed.seed = '3'", False),
+    ("_Typed.seed = True", False), ("_Typed.seed = 2.5", False),
+    ("_Typed.rate = 2", True), ("_Typed.rate = 'fast'", False),
+    ("_Typed.flag = 1", False), ("_Typed.lengths = [4, 5]", True),
+    ("_Typed.lengths = (4, 'x')", False), ("_Typed.lengths = 4", False),
+    ("_Typed.pair = ('b', 2)", True), ("_Typed.pair = ('b',)", False)])
+def test_a_binding_of_the_wrong_type_names_its_field(binding, ok):
+  cli.register(_Typed)
+  try:
+    cli.parse_gin([], [binding])
+    if ok:
+      cli.configure(_Typed)
+    else:
+      field = binding.split("=")[0].strip()
+      with pytest.raises(ValueError, match=rf"^{field} = .*: expected "):
+        cli.configure(_Typed)
+  finally:
+    gin.clear_config()
+
+
 def test_an_include_found_in_gin_configs_logs_no_error(tmp_path, caplog):
   from genrm_jax import train  # noqa: F401  (registers the configs verifier_lm.gin binds)
   own = tmp_path / "own.gin"
