@@ -311,10 +311,12 @@ def compute_results(pools: Sequence[cands.Pool], scores: dict[str, Scored], ec: 
     tokens = {"pass@1": {str(n): one for n in ns}, **{
         name: diag.tokens_per_problem(sol_tokens, ns) for name in MODEL_FREE[1:]}}
   notes = []
+  first_votes = set()  # the CoT rows of a verifier's first k votes: a part of its row, not a rival
   for name, sc in scores.items():
     rows = {name: (sc.score, sc.votes[0].shape[1] if sc.votes else 0)}
     for k in _votes_ks(sc.votes[0].shape[1]) if sc.votes else ():
       rows[f"{name}[K={k}]"] = ([v[:, :k].mean(axis=1) for v in sc.votes], k)
+      first_votes.add(f"{name}[K={k}]")
     for row, (per_pool, k) in rows.items():
       curves[row] = [ev.best_of_k_curve(s, p.correct, f"{w}, verifier {row}")
                      for p, s, w in zip(pools, per_pool, what)]
@@ -340,7 +342,7 @@ def compute_results(pools: Sequence[cands.Pool], scores: dict[str, Scored], ec: 
     d = at[a] - at[b]
     se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
     return {"diff": float(d.mean()), "se": se}
-  ranked = [n for n in at if n == "self_consistency" or (n not in MODEL_FREE and "[K=" not in n)]
+  ranked = [n for n in at if n == "self_consistency" or n not in {*MODEL_FREE, *first_votes}]
   return {"best_of_n": {name: ev.at_ns(c, ns) for name, c in curves.items()},
           "tokens_per_problem": tokens,
           "stderr": {name: ev.stderr_at(c, largest) for name, c in curves.items()},

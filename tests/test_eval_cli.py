@@ -375,6 +375,11 @@ def test_eval_with_tiny_random_verifiers(tmp_path):
                            "dpo", "cot", "cot[K=1]", "cot+weighted_sc"]
   assert all(list(row) == ["1", "2", "4"] and all(0 <= v <= 1 for v in row.values())
              for row in results.values())
+  # Paired between methods: every pair once, CoT's first-k-votes rows not among them.
+  rivals = ["self_consistency", "gen", "gen+weighted_sc", "dpo", "cot", "cot+weighted_sc"]
+  assert list(full["between_methods"]) == rivals[:-1]
+  assert all(list(row) == rivals[i + 1:]
+             for i, row in enumerate(full["between_methods"].values()))
   diag = full["diagnostics"]
   assert set(diag) == {"gen", "dpo", "cot"} and "brier" not in diag["dpo"]
   for name in diag:
