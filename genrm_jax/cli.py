@@ -166,4 +166,7 @@ def main(run: Callable[[], int | None]) -> int:
     return run() or 0
   except USER_ERRORS as e:
     # FileNotFoundError from open() reads "[Errno 2] No such file or directory: 'x'".
-    fail(f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e))
+    message = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
+    # gin appends "In call to configurable 'X'" on a line of its own; the message names X.
+    fail("\n".join(line for line in message.splitlines()
+                   if not line.strip().startswith("In call to configurable")))

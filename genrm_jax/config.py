@@ -238,6 +238,78 @@ PRESETS = {
 }
 
 
+# The projections of a Gemma layer by their transformers (and PEFT) module names: what LoRA
+# adapters attach to (``model.PROJECTIONS`` says where each weight lives and its einsum).
+PROJECTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# QLoRA's storage types of the frozen base (through qwix): "none" keeps param_dtype.
+BASE_QUANTIZATIONS = ("none", "int8", "int4", "nf4")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Low-rank adapters (LoRA) on a frozen base model, and QLoRA's quantized base.
+
+  ``rank`` None is full fine-tuning (the default). With a rank, each projection in ``targets``
+  computes ``x W + scale * (dropout(x) A) B`` with ``scale = alpha / rank`` (PEFT's and qwix's
+  convention): A [in, rank] starts uniform in +-1/sqrt(in) (PEFT's Kaiming init), B [rank, out]
+  at zero, so training starts from the base model's function. Only A and B (and an objective's
+  own head) train; the base is frozen, and with ``base_quantization`` stored as int8, int4 or
+  nf4 in blocks of ``quantization_block`` inputs (qwix).
+  """
+
+  rank: int | None = None
+  alpha: float = 16.0
+  dropout: float = 0.0
+  # Gemma's attention and MLP projections, as the field's LoRA recipes (MaxText, QLoRA) target.
+  targets: tuple[str, ...] = PROJECTION_NAMES
+  base_quantization: str = "none"
+  # Inputs per quantization scale (QLoRA's blocks of 64); 0: one scale per output channel.
+  quantization_block: int = 64
+
+  def __post_init__(self):
+    if self.rank is not None and self.rank < 1:
+      raise ValueError(f"LoraConfig.rank = {self.rank}: must be >= 1 (None: full fine-tuning)")
+    if self.alpha <= 0:
+      raise ValueError(f"LoraConfig.alpha = {self.alpha}: must be > 0")
+    if not 0 <= self.dropout < 1:
+      raise ValueError(f"LoraConfig.dropout = {self.dropout}: must be in [0, 1)")
+    if not self.targets:
+      raise ValueError("LoraConfig.targets is empty: name at least one of "
+                       f"{PROJECTION_NAMES}")
+    unknown = [t for t in self.targets if t not in PROJECTION_NAMES]
+    if unknown:
+      raise ValueError(f"LoraConfig.targets: {unknown[0]!r} matches no weight of a Gemma layer; "
+                       f"expected names among {PROJECTION_NAMES}")
+    if len(set(self.targets)) != len(self.targets):
+      raise ValueError(f"LoraConfig.targets = {self.targets}: a name appears twice")
+    if self.base_quantization not in BASE_QUANTIZATIONS:
+      raise ValueError(f"LoraConfig.base_quantization = {self.base_quantization!r}; expected "
+                       f"one of {BASE_QUANTIZATIONS}")
+    if self.base_quantization != "none" and self.rank is None:
+      raise ValueError(f"LoraConfig.base_quantization = {self.base_quantization!r} needs "
+                       "LoraConfig.rank: only a frozen base can be stored quantized")
+    if self.quantization_block < 0:
+      raise ValueError(f"LoraConfig.quantization_block = {self.quantization_block}: must be "
+                       ">= 0")
+
+  @property
+  def enabled(self) -> bool:
+    return self.rank is not None
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["targets"] = list(self.targets)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "LoraConfig":
+    return cls(**{**d, "targets": tuple(d["targets"])})
+
+
 def preset(name: str, **kw) -> ModelConfig:
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")

@@ -1,12 +1,18 @@
-"""Export a genrm-jax model directory as a Hugging Face transformers folder.
+"""Export a genrm-jax model directory as a Hugging Face transformers folder, or a LoRA model
+directory's adapters as a Hugging Face PEFT adapter.
 
     python -m genrm_jax.export_hf --checkpoint MODEL_DIR --out HF_DIR [--dtype bfloat16]
+    python -m genrm_jax.export_hf --checkpoint LORA_MODEL_DIR --out ADAPTER_DIR --peft \
+        [--base_model HF_BASE_DIR_OR_HUB_NAME]
 
 Writes config.json, model.safetensors (or model-0000i-of-0000n.safetensors plus
 model.safetensors.index.json above ``--max_shard_gb``), and the tokenizer (tokenizer.model,
 tokenizer_config.json, special_tokens_map.json), loadable with
-``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``. Tensors are converted
-and written one shard at a time; the folder appears only once complete.
+``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``. A LoRA model
+directory exports merged (base + scale * A B). With ``--peft`` it writes adapter_config.json and
+adapter_model.safetensors instead, which ``peft.PeftModel.from_pretrained(base, ADAPTER_DIR)``
+applies to the exported base model (``--checkpoint`` the base model directory). Tensors are
+converted and written one shard at a time; the folder appears only once complete.
 """
 
 from __future__ import annotations
@@ -144,6 +150,22 @@ def write_hf_dir(cfg: ModelConfig, params: Any, out: str, tokenizer_path: str | 
   return out
 
 
+def write_peft_dir(checkpoint_dir: str, out: str, base_model: str | None = None,
+                   overwrite: bool = False) -> str:
+  """Writes the Hugging Face PEFT adapter of a LoRA model directory atomically; returns ``out``.
+  ``base_model``: adapter_config.json's base_model_name_or_path (default: the base model
+  directory the adapters were trained on)."""
+  from genrm_jax import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  lc, adapters, base = checkpoint.load_adapters(checkpoint_dir)
+  cfg = ModelConfig.from_dict(checkpoint.read_meta(checkpoint_dir)["model"])
+  tensors = dict(lora_lib.peft_tensors(cfg, adapters))
+  with files.atomic_dir(out, overwrite=overwrite) as tmp:
+    save_file(tensors, os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
+      json.dump(lora_lib.peft_config(lc, base_model or base["path"]), f, indent=2)
+  return out
+
+
 def export_hf(checkpoint_dir: str, out: str, dtype: str | None = None,
               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> str:
   cfg, params, _ = checkpoint.load_model_dir(checkpoint_dir, cfg_overrides={"scan_layers": False})
@@ -160,11 +182,19 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--max_shard_gb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 2**30,
                   help="split model.safetensors into shards of at most this size")
   ap.add_argument("--overwrite", action="store_true")
+  ap.add_argument("--peft", action="store_true",
+                  help="a LoRA model directory's adapters as a Hugging Face PEFT adapter")
+  ap.add_argument("--base_model", default=None,
+                  help="--peft: the adapter's base_model_name_or_path (default: the base model "
+                       "directory it was trained on)")
   args = ap.parse_args(argv)
 
   def run() -> None:
-    export_hf(args.checkpoint, args.out, args.dtype, int(args.max_shard_gb * 2**30),
-              args.overwrite)
+    if args.peft:
+      write_peft_dir(args.checkpoint, args.out, args.base_model, args.overwrite)
+    else:
+      export_hf(args.checkpoint, args.out, args.dtype, int(args.max_shard_gb * 2**30),
+                args.overwrite)
     print(f"wrote {args.out}")
 
   return cli.main(run)

@@ -11,22 +11,30 @@ attention pattern, stacked over pattern repeats); layers past the last whole rep
 
 With a KV cache (``genrm_jax.kv_cache``), each attention layer writes its new keys and values
 there and attends to them.
+
+LoRA (``Transformer.lora``): each targeted projection (``PROJECTIONS``, by transformers' module
+names) adds ``scale * (dropout(x) A) B`` from the ``lora`` variable collection, ``{name: {"a",
+"b"}}`` in the module that computes it; ``genrm_jax.lora`` creates, trains and merges them. A
+frozen base may hold its projection weights quantized (qwix ``QArray``s, QLoRA): they are
+dequantized where they are read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from genrm_jax import kv_cache
 from genrm_jax import sharding
-from genrm_jax.config import AttentionType, ModelConfig
+from genrm_jax.config import PROJECTION_NAMES, AttentionType, LoraConfig, ModelConfig
 
 # Finite, so that a query with every key masked (a padding row) yields a uniform softmax, not NaN.
 _MASK_VALUE = -2.3819763e38
@@ -37,6 +45,11 @@ def _dtype(name: str):
 
 
 def _param(module: nn.Module, name: str, init, shape, names, cfg: ModelConfig):
+  if module.has_variable("params", name):
+    stored = module.get_variable("params", name)
+    if hasattr(stored, "qvalue"):  # a frozen base stored quantized (QLoRA)
+      import qwix  # pylint: disable=g-import-not-at-top
+      return qwix.dequantize(stored)
   return module.param(name, nn.with_logical_partitioning(init, names), shape,
                       _dtype(cfg.param_dtype))
 
@@ -113,13 +126,21 @@ def dense(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def _dense_fwd(spec, x, w):
-  return dense(spec, x, w), (x, w)
+  # Which operands need a gradient rides in the residuals' structure (None or ()): a frozen
+  # weight (LoRA's base) gets no weight-gradient dot, and an input that depends on nothing
+  # trained (the first layer's, under a frozen embedding) no input-gradient one.
+  flags = tuple(() if a.perturbed else None for a in (x, w))
+  return dense(spec, x.value, w.value), (x.value, w.value, flags)
 
 
 def _dense_bwd(spec, res, g):
-  x, w = res
+  x, w, (need_dx, need_dw) = res
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return None, None
   (xs, ws), out = spec.split("->")[0].split(","), spec.split("->")[1]
-  dx = _einsum(out, ws, xs, g, w)
+  dx = None if need_dx is None else _einsum(out, ws, xs, g, w).astype(x.dtype)
+  if need_dw is None:
+    return dx, None
   free = lambda s, shape, other: math.prod(  # noqa: E731
       n for a, n in zip(s, shape) if a in ws and a not in other)
   if free(xs, x.shape, out) < free(out, g.shape, xs):
@@ -129,10 +150,84 @@ def _dense_bwd(spec, res, g):
   # TPU and GPU compilers pick dot layouts themselves; only CPU gets the fixed order.
   dw = jax.lax.platform_dependent(
       cpu=narrow_first, default=lambda: jnp.einsum(f"{xs},{out}->{ws}", x, g))
-  return dx.astype(x.dtype), dw.astype(w.dtype)
+  return dx, dw.astype(w.dtype)
 
 
-dense.defvjp(_dense_fwd, _dense_bwd)
+dense.defvjp(_dense_fwd, _dense_bwd, symbolic_zeros=True)
+
+
+# ----------------------------------------------------------------------------- projections
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+  """Where a projection's weight lives in a layer, and its einsum (x, weight -> output)."""
+  module: str  # "attn" or "mlp"
+  weight: str  # the weight's path in that module
+  slot: int | None  # its index in a stacked weight (k and v, gate and up), or None
+  spec: str
+
+  @property
+  def letters(self) -> tuple[str, str, str]:
+    """(contracted, free) letters of the weight slot in its axis order, and the input's
+    letters that remain (batch and length)."""
+    (xs, ws), out = self.spec.split("->")[0].split(","), self.spec.split("->")[1]
+    contracted = "".join(a for a in ws if a in xs and a not in out)
+    return contracted, "".join(a for a in ws if a not in contracted), \
+        "".join(a for a in xs if a not in contracted)
+
+
+PROJECTIONS = {
+    "q_proj": Projection("attn", "q_einsum/w", None, "BTD,NDH->BTNH"),
+    "k_proj": Projection("attn", "kv_einsum/w", 0, "BTD,KDH->BTKH"),
+    "v_proj": Projection("attn", "kv_einsum/w", 1, "BTD,KDH->BTKH"),
+    "o_proj": Projection("attn", "attn_vec_einsum/w", None, "BTNH,NHD->BTD"),
+    "gate_proj": Projection("mlp", "gating_einsum", 0, "BTD,FD->BTF"),
+    "up_proj": Projection("mlp", "gating_einsum", 1, "BTD,FD->BTF"),
+    "down_proj": Projection("mlp", "linear", None, "BTF,FD->BTD"),
+}
+assert tuple(PROJECTIONS) == PROJECTION_NAMES
+LORA = "lora"  # the variable collection of LoRA adapters
+LORA_DROPOUT = "lora_dropout"  # the rng stream of their dropout
+
+
+def _adapter_init(shape, fan_in: int):
+  """A: uniform in +-1/sqrt(fan_in) (PEFT's Kaiming-uniform with a = sqrt 5); B: zeros."""
+  def init(rng, _shape, dtype):
+    if fan_in:
+      return jax.random.uniform(rng, shape, dtype, -fan_in ** -0.5, fan_in ** -0.5)
+    return jnp.zeros(shape, dtype)
+  return init
+
+
+def _project(module: nn.Module, lora: LoraConfig | None, name: str, x: jax.Array,
+             w: jax.Array, w_names: tuple[str, ...], cfg: ModelConfig) -> jax.Array:
+  """Projection ``name`` of ``x`` by weight (slot) ``w``, plus its LoRA adapter if targeted."""
+  proj = PROJECTIONS[name]
+  y = dense(proj.spec, x, w)
+  if lora is None or name not in lora.targets:
+    return y
+  contracted, free, rest = proj.letters
+  ws = proj.spec.split("->")[0].split(",")[1]
+  dims = dict(zip(ws, w.shape))
+  axis = dict(zip(ws, w_names))
+  a_shape = tuple(dims[c] for c in contracted) + (lora.rank,)
+  b_shape = (lora.rank,) + tuple(dims[c] for c in free)
+  pdt = _dtype(cfg.param_dtype)
+  a = module.variable(LORA, f"{name}_a", lambda: nn.with_logical_partitioning(
+      _adapter_init(a_shape, math.prod(a_shape[:-1])),
+      tuple(axis[c] for c in contracted) + ("lora_rank",))(
+          module.make_rng("params"), a_shape, pdt)).value
+  b = module.variable(LORA, f"{name}_b", lambda: nn.with_logical_partitioning(
+      _adapter_init(b_shape, 0), ("lora_rank",) + tuple(axis[c] for c in free))(
+          module.make_rng("params"), b_shape, pdt)).value
+  a, b = nn.meta.unbox(a).astype(x.dtype), nn.meta.unbox(b).astype(x.dtype)
+  if lora.dropout:
+    keep = jax.random.bernoulli(module.make_rng(LORA_DROPOUT), 1.0 - lora.dropout, x.shape)
+    x = jnp.where(keep, x / (1.0 - lora.dropout), 0).astype(x.dtype)
+  xa = dense(f"{proj.spec.split(',')[0]},{contracted}R->{rest}R", x, a)
+  delta = dense(f"{rest}R,R{free}->{proj.spec.split('->')[1]}", xa, b)
+  return y + delta * jnp.asarray(lora.scale, y.dtype)
 
 
 def rope_tables(cfg: ModelConfig, positions: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
@@ -168,18 +263,19 @@ def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
 class Attention(nn.Module):
   cfg: ModelConfig
   attention_type: AttentionType
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x, rope, mask, cache, layer, write):
     cfg = self.cfg
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
     dt = _dtype(cfg.dtype)
-    wq = _Weight(cfg, (n, d, h), ("heads", "embed", "head_dim"), d ** -0.5,
-                 name="q_einsum")()
-    wkv = _Weight(cfg, (2, k, d, h), ("stack", "kv_heads", "embed", "head_dim"), d ** -0.5,
-                  name="kv_einsum")()
-    wo = _Weight(cfg, (n, h, d), ("heads", "head_dim", "embed"), (n * h) ** -0.5,
-                 name="attn_vec_einsum")()
+    q_names, kv_names, o_names = (("heads", "embed", "head_dim"),
+                                  ("kv_heads", "embed", "head_dim"), ("heads", "head_dim", "embed"))
+    wq = _Weight(cfg, (n, d, h), q_names, d ** -0.5, name="q_einsum")()
+    wkv = _Weight(cfg, (2, k, d, h), ("stack",) + kv_names, d ** -0.5, name="kv_einsum")()
+    wo = _Weight(cfg, (n, h, d), o_names, (n * h) ** -0.5, name="attn_vec_einsum")()
+    proj = functools.partial(_project, self, self.lora, cfg=cfg)
 
     if self.has_variable("decode", "qkv"):
       # A decode loop's weights, prepared once (``decode_weights``): one dot for q, k and v.
@@ -187,12 +283,12 @@ class Attention(nn.Module):
       q, kk, vv = jnp.split(qkv, [n * h, (n + k) * h], axis=-1)
       q, kk, vv = (y.reshape(*x.shape[:2], -1, h) for y in (q, kk, vv))
     else:
-      q = dense("BTD,NDH->BTNH", x, wq.astype(dt))
+      q = proj("q_proj", x, wq.astype(dt), q_names)
       # One einsum per stacked weight, each in the dot's natural output order: a stacked
       # "CBTKH" output is a transpose of the activations, and slicing it makes the backward pad
       # and add (the profile of a CPU train step showed both).
-      kk = dense("BTD,KDH->BTKH", x, wkv[0].astype(dt))
-      vv = dense("BTD,KDH->BTKH", x, wkv[1].astype(dt))
+      kk = proj("k_proj", x, wkv[0].astype(dt), kv_names)
+      vv = proj("v_proj", x, wkv[1].astype(dt), kv_names)
     if cfg.use_qk_norm:
       q = RMSNorm(cfg, name="_query_norm")(q)
       kk = RMSNorm(cfg, name="_key_norm")(kk)
@@ -251,7 +347,7 @@ class Attention(nn.Module):
       out = dense("BTX,DX->BTD", enc.reshape(b, t, n * h),
                   self.get_variable("decode", "o").astype(dt))
     else:
-      out = dense("BTNH,NHD->BTD", enc.reshape(b, t, n, h), wo.astype(dt))
+      out = proj("o_proj", enc.reshape(b, t, n, h), wo.astype(dt), o_names)
     return out, cache
 
 
@@ -291,43 +387,47 @@ def _cache_update(cache, kind, kk, vv, layer, write, num_keys, dt):
 
 class MLP(nn.Module):
   cfg: ModelConfig
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
     dt = _dtype(cfg.dtype)
+    names = ("hidden", "embed")
     wg = _param(self, "gating_einsum", nn.initializers.normal(stddev=cfg.embed_dim ** -0.5),
-                (2, cfg.hidden_dim, cfg.embed_dim), ("stack", "hidden", "embed"), cfg)
+                (2, cfg.hidden_dim, cfg.embed_dim), ("stack",) + names, cfg)
     wl = _param(self, "linear", nn.initializers.normal(stddev=cfg.hidden_dim ** -0.5),
-                (cfg.hidden_dim, cfg.embed_dim), ("hidden", "embed"), cfg)
+                (cfg.hidden_dim, cfg.embed_dim), names, cfg)
+    proj = functools.partial(_project, self, self.lora, cfg=cfg)
     if self.has_variable("decode", "gate_up"):
       both = dense("BTD,XD->BTX", x, self.get_variable("decode", "gate_up").astype(dt))
       gate, up = jnp.split(both, 2, axis=-1)
     else:
       # Two einsums rather than one "CBTF" output: see the k/v projections in Attention.
-      gate = dense("BTD,FD->BTF", x, wg[0].astype(dt))
-      up = dense("BTD,FD->BTF", x, wg[1].astype(dt))
+      gate = proj("gate_proj", x, wg[0].astype(dt), names)
+      up = proj("up_proj", x, wg[1].astype(dt), names)
     hid = jax.nn.gelu(gate, approximate=True) * up
     hid = sharding.constrain(hid, ("batch", "length", "act_hidden"))
-    return dense("BTF,FD->BTD", hid, wl.astype(dt))
+    return proj("down_proj", hid, wl.astype(dt), names)
 
 
 class Block(nn.Module):
   cfg: ModelConfig
   attention_type: AttentionType
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x, ropes, masks, cache, layer, write):
     cfg = self.cfg
     mask = masks[self.attention_type.value]
     y = RMSNorm(cfg, name="pre_attention_norm")(x)
-    y, cache = Attention(cfg, self.attention_type, name="attn")(
+    y, cache = Attention(cfg, self.attention_type, self.lora, name="attn")(
         y, ropes[self.attention_type.value], mask, cache, layer, write)
     if cfg.use_post_attn_norm:
       y = RMSNorm(cfg, name="post_attention_norm")(y)
     x = x + y
     y = RMSNorm(cfg, name="pre_ffw_norm")(x)
-    y = MLP(cfg, name="mlp")(y)
+    y = MLP(cfg, self.lora, name="mlp")(y)
     if cfg.use_post_ffw_norm:
       y = RMSNorm(cfg, name="post_ffw_norm")(y)
     x = sharding.constrain(x + y, ("batch", "length", "act_embed"))
@@ -353,6 +453,7 @@ class _PatternGroup(nn.Module):
   The cache of all layers rides in the scan carry, updated in place at this group's layers.
   """
   cfg: ModelConfig
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, carry, group, ropes, masks, write):
@@ -362,8 +463,8 @@ class _PatternGroup(nn.Module):
     for j, kind in enumerate(pattern):
       # This layer's index in the cache stack of its kind.
       index = group * pattern.count(kind) + pattern[:j].count(kind)
-      x, cache = block(self.cfg, kind, name=f"block_{j}")(x, ropes, masks, cache, index,
-                                                         write)
+      x, cache = block(self.cfg, kind, self.lora, name=f"block_{j}")(x, ropes, masks, cache,
+                                                                      index, write)
     return (x, cache), None
 
 
@@ -382,10 +483,12 @@ class Transformer(nn.Module):
   ``cache['end']`` onward and queries attend to every filled slot at an earlier or equal position.
   Returns (logits float32 [B, T, V], new cache or None), plus the final hidden states
   [B, T, D] when ``return_hidden``. ``hidden_states`` stops before the unembedding, for callers
-  that need the logits of a few positions only (``genrm_jax.logits``).
+  that need the logits of a few positions only (``genrm_jax.logits``). ``lora``: the targeted
+  projections add their adapters (see the module docstring).
   """
 
   cfg: ModelConfig
+  lora: LoraConfig | None = None
 
   def setup(self):
     cfg = self.cfg
@@ -393,12 +496,13 @@ class Transformer(nn.Module):
     self.final_norm = RMSNorm(cfg)
     if cfg.scan_groups:
       self.layers = nn.scan(
-          _PatternGroup, variable_axes={"params": 0}, split_rngs={"params": True},
+          _PatternGroup, variable_axes={"params": 0, LORA: 0},
+          split_rngs={"params": True, LORA_DROPOUT: True},
           in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.scan_groups,
-          metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.lora)
     block = _block_class(cfg)
     first = cfg.scan_groups * len(cfg.attention_types)
-    self.blocks = [block(cfg, kind, name=f"layer_{i}")
+    self.blocks = [block(cfg, kind, self.lora, name=f"layer_{i}")
                    for i, kind in enumerate(cfg.layer_attention_types) if i >= first]
 
   def embed(self, tokens):
@@ -577,11 +681,38 @@ def scan_params(params: dict, cfg: ModelConfig) -> dict:
   return out
 
 
+@flax.struct.dataclass
+class Adapted:
+  """A frozen model with LoRA adapters applied at run time: what a loss reads in place of a
+  parameter tree when only the adapters train (``genrm_jax.step``)."""
+  base: Any  # the model's parameters (projection weights may be quantized)
+  adapters: Any  # the ``lora`` collection
+  rng: jax.Array | None = None  # the adapters' dropout key; None without dropout
+  lora: LoraConfig | None = flax.struct.field(pytree_node=False, default=None)
+
+
+def bind(cfg: ModelConfig, model_params) -> tuple[Transformer, dict, dict]:
+  """(module, variables, rngs) that run ``model_params``: a parameter tree or ``Adapted``."""
+  if isinstance(model_params, Adapted):
+    rngs = {} if model_params.rng is None else {LORA_DROPOUT: model_params.rng}
+    return (Transformer(cfg, model_params.lora),
+            {"params": model_params.base, LORA: model_params.adapters}, rngs)
+  return Transformer(cfg), {"params": model_params}, {}
+
+
+def embedding(model_params) -> jax.Array:
+  """The tied [V, D] embedding of a parameter tree or ``Adapted``."""
+  tree = model_params.base if isinstance(model_params, Adapted) else model_params
+  return tree["embedder"]["input_embedding"]
+
+
 def forward(cfg: ModelConfig, params, tokens, positions=None, segment_ids=None):
-  """Full causal forward of unpadded [B, T] tokens; convenience for tests and scoring."""
+  """Full causal forward of unpadded [B, T] tokens (``params``: a tree or ``Adapted``);
+  convenience for tests and scoring."""
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  logits, _ = Transformer(cfg).apply({"params": params}, tokens, positions, segment_ids)
+  module, variables, rngs = bind(cfg, params)
+  logits, _ = module.apply(variables, tokens, positions, segment_ids, rngs=rngs)
   return logits
 
 

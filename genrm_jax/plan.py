@@ -4,6 +4,8 @@
         [--mesh data=1,fsdp=16,tensor=1] [--remat dots] [--grad_accum 1] [--search]
     python -m genrm_jax.plan --topology v5e:4x4 --gin_file gemma_2b.gin \\
         --gin_file gsm8k_genrm_cot.gin --gin_file paper.gin --gin_file topology/v5e_16_gemma_2b.gin
+    python -m genrm_jax.plan --model gemma3_27b --topology v5p:2x2x2 --batch 64 --seq_len 2048 \\
+        --remat dots --finetune full,lora,qlora-int8,qlora-nf4 --lora_rank 16
 
 The step is ``step.make_train_step``, lowered on abstract inputs (no parameters are allocated)
 for the slice's devices and compiled ahead of time. With the TPU compiler (``pip install
@@ -12,6 +14,8 @@ numbers are the TPU compiler's own. Without it, the same step is compiled for as
 CPU devices; CPU buffer assignment differs from TPU's, so its temporary memory is only indicative,
 and an analytical activation estimate is printed beside it. ``--search`` compiles a small grid of
 remat policies and gradient-accumulation steps on the mesh and marks the best one that fits.
+``--finetune`` plans each of full fine-tuning, LoRA and QLoRA (the frozen base stored as int8,
+int4 or nf4) as a row of its own: ``weights`` is then the trained and the frozen parameters.
 """
 
 from __future__ import annotations
@@ -77,6 +81,16 @@ class PlanSpec:
   mfu: float = 0.4
   # Field overrides of the preset beyond the ones above (e.g. from a gin model file).
   model_overrides: tuple[tuple[str, object], ...] = ()
+  # LoRA / QLoRA (a ``config.LoraConfig``); None: every weight trains.
+  lora: object = None
+
+  @property
+  def finetune(self) -> str:
+    """"full", "lora r16" or "qlora-nf4 r16"."""
+    if self.lora is None or not self.lora.enabled:
+      return "full"
+    q = self.lora.base_quantization
+    return f"{'lora' if q == 'none' else 'qlora-' + q} r{self.lora.rank}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +98,7 @@ class Plan:
   spec: PlanSpec
   mesh: tuple[int, int, int]
   backend: str  # "tpu" (TPU compiler) or "cpu" (simulated devices)
-  params_bytes: int  # per chip
+  params_bytes: int  # per chip: trained and frozen weights (a LoRA base, DPO's reference)
   opt_bytes: int  # per chip
   compiled_temp_bytes: int  # per chip: activations, gradients and scratch
   compiled_total_bytes: int  # per chip: arguments + outputs not aliased + temp
@@ -168,6 +182,7 @@ def make_plan(spec: PlanSpec, backend: str) -> Plan:
   import jax  # pylint: disable=g-import-not-at-top
 
   from genrm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from genrm_jax import lora as lora_lib  # pylint: disable=g-import-not-at-top
   from genrm_jax import objectives, optim, sharding, step  # pylint: disable=g-import-not-at-top
 
   topo = parse_topology(spec.topology)
@@ -183,14 +198,17 @@ def make_plan(spec: PlanSpec, backend: str) -> Plan:
                          where=f"plan {spec.model} on {spec.topology}")
   obj = objectives.ObjectiveConfig(kind=spec.objective)
   opt = optim.OptimConfig()
-  setup = step.make_setup(cfg, obj, opt, mesh)
+  lora = spec.lora or config_lib.LoraConfig()
+  setup = step.make_setup(cfg, obj, opt, mesh, lora)
   state = setup.abstract_state
   batch = setup.objective.abstract_batch(spec.batch, spec.seq_len, setup.batch_shardings)
   train_step = step.make_train_step(setup, grad_accum=spec.grad_accum)
-  params_bytes = _per_chip_bytes(state.params) + _per_chip_bytes(state.ref_params)
+  frozen = (setup.abstract_frozen,) if lora.enabled else ()
+  params_bytes = (_per_chip_bytes(state.params) + _per_chip_bytes(state.ref_params)
+                  + _per_chip_bytes(frozen))
   opt_bytes = _per_chip_bytes(state.opt_state)
   try:
-    compiled = train_step.lower(state, batch).compile()
+    compiled = train_step.lower(state, batch, *frozen).compile()
   except jax.errors.JaxRuntimeError as e:
     # The TPU compiler refuses a program that cannot fit; it names the temporaries' size.
     m = _OOM.search(str(e))
@@ -212,7 +230,8 @@ def make_plan(spec: PlanSpec, backend: str) -> Plan:
               opt_bytes=opt_bytes, compiled_temp_bytes=int(temp), compiled_total_bytes=int(total),
               analytic_act_bytes=analytic_activation_bytes(cfg, spec, mesh_shape),
               compiled_flops=flops,
-              model_flops=objectives.flops_per_example(obj, cfg, spec.seq_len) * spec.batch,
+              model_flops=(objectives.flops_per_example(obj, cfg, spec.seq_len) * spec.batch
+                           * lora_lib.flops_fraction(lora)),
               hbm_bytes=topo.chip.hbm_bytes)
 
 
@@ -267,7 +286,7 @@ def table(plans: Sequence[Plan], chosen: Plan | None = None) -> str:
   """A markdown table; memory per chip, FLOPs and time per step of the whole slice."""
   big = any(p.compiled_total_bytes >= GiB for p in plans)
   unit, scale = ("GiB", GiB) if big else ("MiB", 1024 ** 2)
-  header = (f"| model | topology | mesh d,f,t | remat | batch x seq | params {unit} | "
+  header = (f"| model | finetune | topology | mesh d,f,t | remat | batch x seq | weights {unit} | "
             f"opt state {unit} | act+temp {unit} | act (model) {unit} | total {unit} / HBM | "
             "fits | model FLOP/step | XLA FLOP/step | step s @MFU | tokens/s |")
   rows = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -276,7 +295,8 @@ def table(plans: Sequence[Plan], chosen: Plan | None = None) -> str:
     secs = p.step_seconds(topo.chip.peak_bf16_flops, topo.num_chips)
     accum = f" /{p.spec.grad_accum}" if p.spec.grad_accum > 1 else ""
     cells = [
-        p.spec.model + (" *" if p is chosen else ""), f"{p.spec.topology} ({p.backend})",
+        p.spec.model + (" *" if p is chosen else ""), p.spec.finetune,
+        f"{p.spec.topology} ({p.backend})",
         ",".join(map(str, p.mesh)), p.spec.remat, f"{p.spec.batch}x{p.spec.seq_len}{accum}",
         f"{p.params_bytes / scale:.2f}", f"{p.opt_bytes / scale:.2f}",
         f"{p.compiled_temp_bytes / scale:.2f}", f"{p.analytic_act_bytes / scale:.2f}",
@@ -327,7 +347,8 @@ def spec_from_gin(gin_files: Sequence[str], bindings: Sequence[str], topology: s
                   seq_len=exp.data.seq_len, mesh=tuple(sizes), remat=exp.model.remat_policy,
                   grad_accum=exp.train.grad_accum, objective=exp.objective.kind,
                   dtype=exp.model.dtype, param_dtype=exp.model.param_dtype,
-                  scan_layers=exp.model.scan_layers, mfu=mfu, model_overrides=overrides)
+                  scan_layers=exp.model.scan_layers, mfu=mfu, model_overrides=overrides,
+                  lora=exp.lora if exp.lora.enabled else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -359,6 +380,10 @@ def _plan(argv: Sequence[str] | None) -> int:
                   help="try remat none/dots/full with growing --grad_accum on the mesh; mark the "
                        "best plan that fits")
   ap.add_argument("--cpu", action="store_true", help="simulated CPU devices even with libtpu")
+  ap.add_argument("--finetune", default=None,
+                  help="comma-separated rows to plan: full, lora, qlora-int8, qlora-int4, "
+                       "qlora-nf4 (default: full, or the gin files' LoraConfig)")
+  ap.add_argument("--lora_rank", type=int, default=16, help="the adapters' rank (lora, qlora-*)")
   args = ap.parse_args(argv)
 
   topo = parse_topology(args.topology)
@@ -382,11 +407,15 @@ def _plan(argv: Sequence[str] | None) -> int:
                     param_dtype=args.param_dtype, scan_layers=not args.no_scan, mfu=args.mfu)
   else:
     ap.error("give --model or --gin_file")
+  modes = _finetune_modes(args.finetune, args.lora_rank) if args.finetune else [base.lora]
   if args.search:
-    plans = search(base, backend, log=lambda m: print(m, file=sys.stderr))
+    if len(modes) > 1:
+      ap.error("--search plans one --finetune mode at a time")
+    plans = search(dataclasses.replace(base, lora=modes[0]), backend,
+                   log=lambda m: print(m, file=sys.stderr))
   else:
     try:
-      plans = [make_plan(base, backend)]
+      plans = [make_plan(dataclasses.replace(base, lora=m), backend) for m in modes]
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
@@ -400,6 +429,23 @@ def _plan(argv: Sequence[str] | None) -> int:
     if chosen and chosen.spec.grad_accum > 1:
       print(one_micro_batch(plans, chosen))
   return 0 if plans else 1
+
+
+def _finetune_modes(text: str, rank: int) -> list:
+  """``--finetune``'s rows as LoraConfigs (None: full fine-tuning)."""
+  from genrm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  modes = []
+  for name in text.split(","):
+    if name == "full":
+      modes.append(None)
+    elif name == "lora":
+      modes.append(config_lib.LoraConfig(rank=rank))
+    elif name.startswith("qlora-") and name[6:] in config_lib.BASE_QUANTIZATIONS[1:]:
+      modes.append(config_lib.LoraConfig(rank=rank, base_quantization=name[6:]))
+    else:
+      raise ValueError(f"--finetune {name!r}: expected full, lora, qlora-int8, qlora-int4 or "
+                       "qlora-nf4")
+  return modes
 
 
 def one_micro_batch(plans: Sequence[Plan], chosen: Plan) -> str:

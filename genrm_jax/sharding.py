@@ -36,6 +36,8 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("hidden", "tensor"),
     ("layers", None),
+    # A LoRA adapter's rank: small, replicated; its other axis follows the base weight's.
+    ("lora_rank", None),
     ("stack", None),
     ("norm", None),
 )
@@ -148,6 +150,15 @@ def use_mesh(mesh: Mesh):
 
 def _current_mesh() -> Mesh | None:
   return _MESH_STACK[-1] if _MESH_STACK else None
+
+
+def batch_shard_count(batch: int) -> int:
+  """Blocks the current mesh splits a [batch, ...] activation into (1 outside a mesh)."""
+  mesh = _current_mesh()
+  if mesh is None or mesh.empty:
+    return 1
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  return n if batch % n == 0 else 1
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

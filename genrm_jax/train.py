@@ -4,8 +4,11 @@ Gin binds the typed configs below (``model_config``, ``TrainConfig``, ``DataConf
 ``OptimConfig``, ``ObjectiveConfig``) at the command line only; the dataclass defaults are the
 paper's recipe. The workdir receives ``config.gin`` (the operative config), ``checkpoints/``
 (orbax, the last ``keep_checkpoints``), TensorBoard events in ``tensorboard/`` and, at the end,
-the model directory ``model/``. A rerun with the same workdir resumes from the latest checkpoint,
-data position included; SIGTERM saves a checkpoint and exits with status 0.
+the model directory ``model/``. A rerun with the same workdir resumes from the newest checkpoint
+that restores, data position included; SIGTERM saves a checkpoint and exits with status 0.
+
+``LoraConfig.rank`` trains LoRA adapters on the frozen model directory of ``init_from``
+(``genrm_jax.lora``); its checkpoints and ``model/`` hold the adapters only, and name the base.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 
 from genrm_jax import checkpoint
@@ -30,6 +32,7 @@ from genrm_jax import cli
 from genrm_jax import config as config_lib
 from genrm_jax import distributed
 from genrm_jax import files
+from genrm_jax import lora as lora_lib
 from genrm_jax import model as model_lib
 from genrm_jax import objectives
 from genrm_jax import optim
@@ -38,6 +41,7 @@ from genrm_jax import sharding
 from genrm_jax import step as step_lib
 from genrm_jax import synthetic
 from genrm_jax import task_rules
+from genrm_jax import train_checkpoints
 from genrm_jax import vocab as vocab_lib
 from genrm_jax.train_log import Reporter
 
@@ -94,6 +98,7 @@ class Experiment:
   data: DataConfig
   optim: optim.OptimConfig
   objective: objectives.ObjectiveConfig
+  lora: config_lib.LoraConfig = config_lib.LoraConfig()
 
 
 @gin.configurable
@@ -104,7 +109,8 @@ def model_config(preset: str = "tiny", **overrides) -> config_lib.ModelConfig:
 
 _GIN_CLASSES = {cls: gin.external_configurable(cls, cls.__name__)
                 for cls in (TrainConfig, DataConfig, optim.OptimConfig,
-                            objectives.ObjectiveConfig, records.MixtureConfig)}
+                            objectives.ObjectiveConfig, records.MixtureConfig,
+                            config_lib.LoraConfig)}
 
 
 def experiment_from_gin() -> Experiment:
@@ -112,7 +118,8 @@ def experiment_from_gin() -> Experiment:
   g = _GIN_CLASSES
   data = dataclasses.replace(g[DataConfig](), mixture=g[records.MixtureConfig]())
   return Experiment(model=model_config(), train=g[TrainConfig](), data=data,
-                    optim=g[optim.OptimConfig](), objective=g[objectives.ObjectiveConfig]())
+                    optim=g[optim.OptimConfig](), objective=g[objectives.ObjectiveConfig](),
+                    lora=g[config_lib.LoraConfig]())
 
 
 class TrainingDivergedError(RuntimeError):
@@ -183,6 +190,26 @@ def append_identity_layers(src_cfg: config_lib.ModelConfig, params: Any,
   return jax.device_put(out, model_lib.param_shardings(cfg, mesh)) if mesh is not None else out
 
 
+def lora_base(exp: Experiment, setup: step_lib.TrainSetup) -> tuple[Any, dict[str, str], str | None]:
+  """(frozen base as the step takes it, its ``checkpoint.base_record``, its tokenizer path) of
+  a LoRA run: the model directory of ``init_from``."""
+  kind, _, path = exp.train.init_from.partition(":")
+  if kind != "genrm" or not path:
+    raise ValueError(f"TrainConfig.init_from = {exp.train.init_from!r}: LoRA (LoraConfig.rank = "
+                     f"{exp.lora.rank}) trains adapters on a model directory, 'genrm:DIR'; "
+                     "import a checkpoint first (python -m genrm_jax.import_hf)")
+  if exp.train.add_layers:
+    raise ValueError(f"TrainConfig.add_layers = {exp.train.add_layers}: new layers have no "
+                     "base weights to adapt; LoRA needs add_layers = 0")
+  src = _model_dir_of(path)
+  record = checkpoint.base_record(src)
+  params, tok = _starting_point(exp, exp.model, setup.mesh)
+  with sharding.use_mesh(setup.mesh):
+    frozen = jax.jit(lambda p: lora_lib.quantize_base(p, exp.lora),
+                     out_shardings=setup.frozen_shardings, donate_argnums=0)(params)
+  return frozen, record, tok
+
+
 def initial_model_params(exp: Experiment, mesh) -> tuple[Any, str | None]:
   """(model params laid out on ``mesh``, tokenizer path of the source if any)."""
   cfg, add = exp.model, exp.train.add_layers
@@ -247,40 +274,6 @@ def batches(exp: Experiment, mesh, start_batch: int, vocab_path: str | None
     yield distributed.global_batch(local, mesh)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(files.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-
-
-def _save(mngr: ocp.CheckpointManager, state: step_lib.TrainState, exp: Experiment,
-          vocab_path: str | None) -> None:
-  step = int(state.step)
-  # The vocabulary is remembered so that a resumed run's model directory gets the tokenizer of
-  # the checkpoint it started from.
-  meta = {"model": exp.model.to_dict(), "objective": exp.objective.kind,
-          "batches_consumed": step, "data": exp.data.name, "vocab_path": vocab_path}
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)), force=True)
-
-
-def _restore(mngr: ocp.CheckpointManager, step: int, exp: Experiment,
-             setup: step_lib.TrainSetup) -> tuple[step_lib.TrainState, dict[str, Any]]:
-  where = f"workdir checkpoint {mngr.directory}/{step}"
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  _check_compatible(config_lib.ModelConfig.from_dict(meta["model"]), exp.model, where,
-                    "; refusing to resume: use a new --workdir or the old config")
-  if meta["objective"] != exp.objective.kind:
-    raise ValueError(f"{where} was trained with objective {meta['objective']!r}, not "
-                     f"{exp.objective.kind!r}; refusing to resume")
-  state = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(setup.abstract_state)))["state"]
-  return state, meta
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -295,8 +288,12 @@ def _peak_flops(train: TrainConfig) -> float | None:
   return PEAK_FLOPS.get(jax.devices()[0].device_kind)
 
 
-def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
-  """Trains (or resumes) ``exp`` in ``workdir`` up to ``num_steps``; see the module docstring."""
+def run(exp: Experiment, workdir: str, mesh=None, config_gin: str | None = None) -> RunResult:
+  """Trains (or resumes) ``exp`` in ``workdir`` up to ``num_steps``; see the module docstring.
+
+  Preconditions (the mesh, a LoRA base, a resumable checkpoint) are checked before anything is
+  written; then ``config_gin`` (the configuration, as gin) goes to ``workdir/config.gin``.
+  """
   tc, cfg = exp.train, exp.model
   mesh = mesh or make_mesh(tc)
   if tc.batch_size % tc.grad_accum:
@@ -304,24 +301,47 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
                      f"{tc.grad_accum}")
   sharding.check_divides(mesh, batch=tc.batch_size // tc.grad_accum, num_heads=cfg.num_heads,
                          where="micro-batch of TrainConfig.batch_size / grad_accum")
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  mngr = _manager(workdir, tc.keep_checkpoints)
-  latest = mngr.latest_step()
-  setup = step_lib.make_setup(cfg, exp.objective, exp.optim, mesh)
+  setup = step_lib.make_setup(cfg, exp.objective, exp.optim, mesh, exp.lora)
   vocab_path = exp.data.vocab_path or os.environ.get("GENRM_VOCAB") or None
-  if latest is not None:
-    state, meta = _restore(mngr, latest, exp, setup)
+  frozen = base = source_vocab = None
+  if exp.lora.enabled:
+    frozen, base, source_vocab = lora_base(exp, setup)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  mngr = train_checkpoints.manager(workdir, tc.keep_checkpoints)
+
+  def check(meta, where):
+    train_checkpoints.check_resumable(meta, exp, where, base, lambda stored: _check_compatible(
+        stored, cfg, where, "; refusing to resume: use a new --workdir or the old config"))
+
+  restored = train_checkpoints.restore_newest(
+      mngr, workdir, setup.abstract_state, check,
+      log=lambda text: print(text, flush=True) if distributed.is_main() else None)
+  if restored is not None:
+    state, meta = restored
     vocab_path = vocab_path or meta.get("vocab_path")
   else:
-    params, source_vocab = initial_model_params(exp, mesh)
+    if exp.lora.enabled:
+      params = lora_lib.init_adapters(cfg, exp.lora, jax.random.key(tc.seed), mesh)
+    else:
+      params, source_vocab = initial_model_params(exp, mesh)
     vocab_path = vocab_path or source_vocab
     state = step_lib.init_state(setup, params)
     del params
   if vocab_path and exp.data.name != "synthetic":
     # Ids past the embedding would turn into NaN losses deep inside the step; say so up front.
     vocab_lib.check_fits(cfg.vocab_size, vocab_path, "model_config", max_padding=None)
+  if config_gin is not None and distributed.is_main():
+    files.write_atomic(os.path.join(workdir, "config.gin"), config_gin)
   start = int(state.step)
-  train_step = step_lib.make_train_step(setup, tc.grad_accum)
+  step_fn = step_lib.make_train_step(setup, tc.grad_accum, seed=tc.seed)
+  frozen_arg = () if frozen is None else (frozen,)
+  train_step = lambda state, batch: step_fn(state, batch, *frozen_arg)  # noqa: E731
+  ckpt_meta = train_checkpoints.run_meta(exp, vocab_path, base)
+
+  def save() -> None:
+    # The vocabulary is remembered so that a resumed run's model directory gets the tokenizer
+    # of the checkpoint it started from.
+    train_checkpoints.save(mngr, state, {**ckpt_meta, "batches_consumed": int(state.step)})
 
   stop = {"signal": None}
   # Signal handlers can only be installed from the main thread; elsewhere SIGTERM is left alone.
@@ -329,7 +349,8 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
   previous = (signal.signal(signal.SIGTERM, lambda sig, _: stop.update(signal=sig))
               if in_main else None)
   rows = tc.batch_size * setup.objective.sequences_per_row
-  flops = objectives.flops_per_example(exp.objective, cfg, exp.data.seq_len) * tc.batch_size
+  flops = (objectives.flops_per_example(exp.objective, cfg, exp.data.seq_len) * tc.batch_size
+           * lora_lib.flops_fraction(exp.lora))
   peak = _peak_flops(tc)
   reporter = Reporter(workdir if tc.tensorboard else None, start, tc.num_steps, tc.log_every,
                       tokens_per_step=rows * exp.data.seq_len, flops_per_step=flops,
@@ -365,10 +386,10 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
         # A checkpoint is written only once its own step's loss has been checked.
         settle(*pending)
         pending = None
-        _save(mngr, state, exp, vocab_path)
+        save()
     if pending is not None:  # a signal came after this step's checkpoint test
       settle(*pending)
-      _save(mngr, state, exp, vocab_path)
+      save()
     mngr.wait_until_finished()
   finally:
     if in_main:
@@ -380,12 +401,14 @@ def run(exp: Experiment, workdir: str, mesh=None) -> RunResult:
     mngr.close()
     return RunResult(state, history, True, None)
   mngr.close()
-  model_dir = write_model_dir(exp, state, os.path.join(workdir, "model"), vocab_path)
+  model_dir = write_model_dir(exp, state, os.path.join(workdir, "model"), vocab_path, base)
   return RunResult(state, history, False, model_dir)
 
 
 def write_model_dir(exp: Experiment, state: step_lib.TrainState, out: str,
-                    vocab_path: str | None) -> str:
+                    vocab_path: str | None, base: dict[str, str] | None = None) -> str:
+  """``model/``: the trained model, or with LoRA its adapters and ``base``
+  (``checkpoint.base_record``)."""
   trained = {"steps": int(state.step), "data": exp.data.name}
   mixture = exp.data.mixture
   task = task_rules.trained_task(
@@ -395,20 +418,18 @@ def write_model_dir(exp: Experiment, state: step_lib.TrainState, out: str,
   extra: dict[str, Any] = {"objective": exp.objective.kind, "train": trained,
                            **objectives.get(exp.objective.kind).model_dir_meta(state.params)}
   return checkpoint.save_model_dir(out, exp.model, state.params["model"],
-                                   tokenizer_path=vocab_path, extra=extra, overwrite=True)
+                                   tokenizer_path=vocab_path, extra=extra, overwrite=True,
+                                   lora=(exp.lora, base) if exp.lora.enabled else None)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def launch(exp: Experiment, workdir: str, config_gin: str) -> int:
-  """The trainer command's body (also the pipeline's training stages): writes ``config_gin`` (the
-  configuration, as gin) into ``workdir`` and trains; 1 if training diverged."""
-  if distributed.is_main():
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    files.write_atomic(os.path.join(workdir, "config.gin"), config_gin)
+  """The trainer command's body (also the pipeline's training stages): trains, writing
+  ``config_gin`` (the configuration, as gin) into ``workdir``; 1 if training diverged."""
   try:
-    result = run(exp, workdir)
+    result = run(exp, workdir, config_gin=config_gin)
   except TrainingDivergedError as e:
     print(f"error: training diverged: {e}", file=sys.stderr, flush=True)
     return 1
@@ -422,7 +443,7 @@ def bindings_between(base: Experiment, exp: Experiment) -> list[str]:
   out = []
   for part, name in (("model", "model_config"), ("train", "TrainConfig"), ("data", "DataConfig"),
                      ("optim", "OptimConfig"), ("objective", "ObjectiveConfig"),
-                     ("data.mixture", "MixtureConfig")):
+                     ("data.mixture", "MixtureConfig"), ("lora", "LoraConfig")):
     a, b = base, exp
     for attr in part.split("."):
       a, b = getattr(a, attr), getattr(b, attr)

@@ -209,16 +209,17 @@ def get(name: str) -> Objective:
 
 
 def hidden_states(cfg: ModelConfig, model_params, inputs, positions, segment_ids) -> jax.Array:
-  """Final hidden states [B, T, D]."""
-  hidden, _ = model_lib.Transformer(cfg).apply(
-      {"params": model_params}, inputs, positions, segment_ids,
-      method=model_lib.Transformer.hidden_states)
+  """Final hidden states [B, T, D]; ``model_params`` is a tree or a LoRA ``model.Adapted``."""
+  module, variables, rngs = model_lib.bind(cfg, model_params)
+  hidden, _ = module.apply(variables, inputs, positions, segment_ids, rngs=rngs,
+                           method=model_lib.Transformer.hidden_states)
   return hidden
 
 
 def token_stats(cfg: ModelConfig, chunk: int, model_params, batch) -> logits_lib.TokenStats:
-  """Log-prob and argmax of each target token of a causal-LM batch (``rows.LM_FIELDS``)."""
+  """Log-prob and argmax of each target token of a causal-LM batch (``rows.LM_FIELDS``); only
+  positions with a loss weight are unembedded."""
   hidden = hidden_states(cfg, model_params, batch["inputs"], batch["positions"],
                          batch["segment_ids"])
-  return logits_lib.token_stats(cfg, model_params["embedder"]["input_embedding"], hidden,
-                                batch["targets"], chunk)
+  return logits_lib.token_stats(cfg, model_lib.embedding(model_params), hidden,
+                                batch["targets"], chunk, where=batch["loss_weights"])

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from genrm_jax import logits as logits_lib
+from genrm_jax import model as model_lib
 from genrm_jax import records, sampler
 from genrm_jax import scoring_passes as passes
 from genrm_jax.config import ModelConfig
@@ -196,8 +197,9 @@ class Discriminative(base.Objective):
         bce_w = w + oc.disc_token_weight * batch["token_weights"]
       total = jnp.sum(bce_w * loss)
       if oc.disc_sft_weight:  # static: the paper's baseline never unembeds
-        stats = logits_lib.token_stats(cfg, params["model"]["embedder"]["input_embedding"],
-                                       hidden, batch["targets"], oc.logits_chunk)
+        stats = logits_lib.token_stats(cfg, model_lib.embedding(params["model"]), hidden,
+                                       batch["targets"], oc.logits_chunk,
+                                       where=batch["loss_weights"])
         total -= oc.disc_sft_weight * jnp.sum(stats.logprob * batch["loss_weights"])
       hit = ((score > 0) == (labels > 0.5)).astype(jnp.float32)
       n = jnp.sum(w)
