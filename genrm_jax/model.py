@@ -204,9 +204,8 @@ def _project(module: nn.Module, lora: LoraConfig | None, name: str, x: jax.Array
              w: jax.Array, w_names: tuple[str, ...], cfg: ModelConfig) -> jax.Array:
   """Projection ``name`` of ``x`` by weight (slot) ``w``, plus its LoRA adapter if targeted."""
   proj = PROJECTIONS[name]
-  y = dense(proj.spec, x, w)
   if lora is None or name not in lora.targets:
-    return y
+    return dense(proj.spec, x, w)
   contracted, free, rest = proj.letters
   ws = proj.spec.split("->")[0].split(",")[1]
   dims = dict(zip(ws, w.shape))
@@ -222,12 +221,61 @@ def _project(module: nn.Module, lora: LoraConfig | None, name: str, x: jax.Array
       _adapter_init(b_shape, 0), ("lora_rank",) + tuple(axis[c] for c in free))(
           module.make_rng("params"), b_shape, pdt)).value
   a, b = nn.meta.unbox(a).astype(x.dtype), nn.meta.unbox(b).astype(x.dtype)
-  if lora.dropout:
-    keep = jax.random.bernoulli(module.make_rng(LORA_DROPOUT), 1.0 - lora.dropout, x.shape)
-    x = jnp.where(keep, x / (1.0 - lora.dropout), 0).astype(x.dtype)
-  xa = dense(f"{proj.spec.split(',')[0]},{contracted}R->{rest}R", x, a)
+  if not lora.dropout:
+    return lora_dense(proj.spec, lora.scale, x, w, a, b)
+  keep = jax.random.bernoulli(module.make_rng(LORA_DROPOUT), 1.0 - lora.dropout, x.shape)
+  xd = jnp.where(keep, x / (1.0 - lora.dropout), 0).astype(x.dtype)
+  xa = dense(f"{proj.spec.split(',')[0]},{contracted}R->{rest}R", xd, a)
   delta = dense(f"{rest}R,R{free}->{proj.spec.split('->')[1]}", xa, b)
-  return y + delta * jnp.asarray(lora.scale, y.dtype)
+  return dense(proj.spec, x, w) + delta * jnp.asarray(lora.scale, x.dtype)
+
+
+def _lora_letters(spec: str):
+  (xs, ws), out = spec.split("->")[0].split(","), spec.split("->")[1]
+  contracted = "".join(a for a in ws if a in xs and a not in out)
+  free = "".join(a for a in ws if a not in contracted)
+  rest = "".join(a for a in xs if a not in contracted)
+  return xs, ws, out, contracted, free, rest
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def lora_dense(spec: str, scale: float, x, w, a, b):
+  """``x W + scale * (x A) B`` for the projection einsum ``spec``, as one dot of x with
+  W + scale * A B (a rank-r product the size of W, once per call): the adapter's own [T, out]
+  product and its sum with the projection's cost the CPU step more than that. The gradient
+  reads the frozen W only for the input's gradient and gives the adapters theirs exactly:
+  dA = scale * x^T (g B^T), dB = scale * (x A)^T g; no weight gradient of W unless W is
+  differentiated."""
+  xs, ws, out, contracted, free, _ = _lora_letters(spec)
+  merged = w + jnp.einsum(f"{contracted}R,R{free}->{ws}", a, b) * jnp.asarray(scale, w.dtype)
+  return _einsum(xs, ws, out, x, merged)
+
+
+def _lora_dense_fwd(spec, scale, x, w, a, b):
+  y = lora_dense(spec, scale, x.value, w.value, a.value, b.value)
+  flags = tuple(() if v.perturbed else None for v in (x, w))
+  return y, (x.value, w.value, a.value, b.value, flags)
+
+
+def _lora_dense_bwd(spec, scale, res, g):
+  x, w, a, b, (need_dx, need_dw) = res
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return None, None, None, None
+  xs, ws, out, contracted, free, rest = _lora_letters(spec)
+  s = jnp.asarray(scale, g.dtype)
+  dx = None
+  if need_dx is not None:  # not the first layer's input under a frozen embedding
+    merged = w + jnp.einsum(f"{contracted}R,R{free}->{ws}", a, b) * s
+    dx = _einsum(out, ws, xs, g, merged).astype(x.dtype)
+  gb = jnp.einsum(f"{out},R{free}->{rest}R", g, b)  # g B^T
+  da = jnp.einsum(f"{xs},{rest}R->{contracted}R", x, gb) * s
+  xa = jnp.einsum(f"{xs},{contracted}R->{rest}R", x, a)
+  db = jnp.einsum(f"{rest}R,{out}->R{free}", xa, g) * s
+  dw = None if need_dw is None else jnp.einsum(f"{xs},{out}->{ws}", x, g).astype(w.dtype)
+  return dx, dw, da.astype(a.dtype), db.astype(b.dtype)
+
+
+lora_dense.defvjp(_lora_dense_fwd, _lora_dense_bwd, symbolic_zeros=True)
 
 
 def rope_tables(cfg: ModelConfig, positions: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
