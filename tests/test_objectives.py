@@ -153,8 +153,11 @@ def test_chunked_loss_equals_plain_in_value_and_gradient(kind):
   # Chunk 0 is one piece at this vocabulary (``logits.default_chunk``), i.e. the plain loss.
   (want, want_g), (got, got_g) = grad(0), grad(5)
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), got_g, want_g)
-  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_g)) > 1e-3
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_g))
+  assert scale > 1e-3
+  # fp32 sums in another order: errors relative to the gradient's scale, not to each element.
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * scale),
+               got_g, want_g)
 
 
 def test_head_json_roundtrip_is_exact():

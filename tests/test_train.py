@@ -198,8 +198,8 @@ def test_gin_file_parses(name):
     cli.parse_gin([name], [])
     exp = train.experiment_from_gin()
     assert isinstance(exp.model, config.ModelConfig)
-    assert "TrainConfig" in gin.config_str() or "model_config" in gin.config_str() or (
-        "DataConfig" in gin.config_str())
+    assert any(name in gin.config_str()
+               for name in ("TrainConfig", "model_config", "DataConfig", "LoraConfig"))
   finally:
     gin.clear_config()
 
