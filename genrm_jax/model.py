@@ -31,6 +31,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from genrm_jax import kv_cache
 from genrm_jax import sharding
@@ -188,6 +189,8 @@ PROJECTIONS = {
 }
 assert tuple(PROJECTIONS) == PROJECTION_NAMES
 LORA = "lora"  # the variable collection of LoRA adapters
+# Names of dot outputs the "dots" remat policies keep (``jax.ad_checkpoint.checkpoint_name``).
+PROJECTION, ATTENTION = "projection", "attention"
 LORA_DROPOUT = "lora_dropout"  # the rng stream of their dropout
 
 
@@ -202,7 +205,13 @@ def _adapter_init(shape, fan_in: int):
 
 def _project(module: nn.Module, lora: LoraConfig | None, name: str, x: jax.Array,
              w: jax.Array, w_names: tuple[str, ...], cfg: ModelConfig) -> jax.Array:
-  """Projection ``name`` of ``x`` by weight (slot) ``w``, plus its LoRA adapter if targeted."""
+  """Projection ``name`` of ``x`` by weight (slot) ``w``, plus its LoRA adapter if targeted;
+  named for the "dots" remat policies."""
+  return checkpoint_name(_adapted(module, lora, name, x, w, w_names, cfg), PROJECTION)
+
+
+def _adapted(module: nn.Module, lora: LoraConfig | None, name: str, x: jax.Array, w: jax.Array,
+             w_names: tuple[str, ...], cfg: ModelConfig) -> jax.Array:
   proj = PROJECTIONS[name]
   if lora is None or name not in lora.targets:
     return dense(proj.spec, x, w)
@@ -362,7 +371,7 @@ class Attention(nn.Module):
     qg = q.reshape(b, t, k, g, h)
     # [B, K, T, G, S] is the batched dot's own output order (batch, lhs free, rhs free): no
     # transpose of the largest activation, forward or backward.
-    logits = dense("BTKGH,BKHS->BKTGS", qg, kt).astype(jnp.float32)
+    logits = checkpoint_name(dense("BTKGH,BKHS->BKTGS", qg, kt), ATTENTION).astype(jnp.float32)
     shared = None if cache is None else cache.get("shared")
     if shared is not None:
       # Rows p*R ... p*R + R-1 continue shared row p (``kv_cache.with_shared``): its keys are
@@ -387,7 +396,7 @@ class Attention(nn.Module):
       pp = probs[..., :sp].reshape(p, b // p, k, t, g, sp)
       probs = probs[..., sp:]
       enc_shared = dense("PRKTGS,PKHS->PRTKGH", pp, vp).reshape(b, t, k, g, h)
-    enc = dense(f"BKTGS,{v_axes}->BTKGH", probs, values)
+    enc = checkpoint_name(dense(f"BKTGS,{v_axes}->BTKGH", probs, values), ATTENTION)
     if shared is not None:
       enc = enc + enc_shared
     enc = (enc / total.transpose(0, 2, 1, 3)[..., None]).astype(dt)
@@ -482,10 +491,15 @@ class Block(nn.Module):
     return x, cache
 
 
+_policies = jax.checkpoint_policies
+# ``dense`` and ``lora_dense`` are custom-gradient calls, whose dots checkpoint_dots does not see:
+# their outputs are named (projections, and attention's products, which have batch axes).
 _REMAT = {
     "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots": _policies.save_from_both_policies(
+        _policies.checkpoint_dots, _policies.save_only_these_names(PROJECTION, ATTENTION)),
+    "dots_no_batch": _policies.save_from_both_policies(
+        _policies.checkpoint_dots_with_no_batch_dims, _policies.save_only_these_names(PROJECTION)),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import jax
@@ -213,3 +214,49 @@ def test_flops_per_token_counts_the_matmuls():
   n_matmul = model_lib.count_params(cfg) - cfg.num_layers * 4 * cfg.embed_dim - cfg.embed_dim
   attn = cfg.num_layers * 2 * cfg.num_heads * cfg.head_dim * 16
   assert model_lib.flops_per_token(cfg, 16, training=False) == 2 * n_matmul + attn
+
+
+@pytest.mark.parametrize("spec", ["BTD,NDH->BTNH", "BTNH,NHD->BTD", "BTD,FD->BTF"])
+def test_lora_dense_is_the_projection_plus_its_adapter_in_value_and_gradient(spec):
+  """``model.lora_dense`` (one dot with W + scale A B, a custom gradient) against autodiff of
+  x W + scale (x A) B, for every input, the weight included."""
+  rng = np.random.default_rng(0)
+  _, ws, _, contracted, free, rest = model_lib._lora_letters(spec)  # pylint: disable=protected-access
+  dims = dict(B=2, T=5, D=8, N=3, H=4, F=6)
+  xs = spec.split(",")[0]
+  x, w = (jnp.asarray(rng.normal(size=[dims[c] for c in s]), jnp.float32) for s in (xs, ws))
+  a = jnp.asarray(rng.normal(size=[dims[c] for c in contracted] + [2]), jnp.float32)
+  b = jnp.asarray(rng.normal(size=[2] + [dims[c] for c in free]), jnp.float32)
+  out = spec.split("->")[1]
+
+  def reference(x, w, a, b):
+    xa = jnp.einsum(f"{xs},{contracted}R->{rest}R", x, a)
+    return jnp.einsum(spec, x, w) + 1.5 * jnp.einsum(f"{rest}R,R{free}->{out}", xa, b)
+
+  fused = lambda *args: model_lib.lora_dense(spec, 1.5, *args)  # noqa: E731
+  g = jnp.asarray(rng.normal(size=reference(x, w, a, b).shape), jnp.float32)
+  (want, want_vjp), (got, got_vjp) = (jax.vjp(fn, x, w, a, b) for fn in (reference, fused))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for gg, gw in zip(got_vjp(g), want_vjp(g)):
+    np.testing.assert_allclose(gg, gw, rtol=1e-5, atol=1e-4)
+
+
+def test_remat_policies_keep_what_they_name():
+  """``dense`` is a custom-gradient call, invisible to ``checkpoint_dots``: "dots" must still keep
+  the projections and attention's products, "dots_no_batch" the projections only, "full" none."""
+  from jax._src.ad_checkpoint import saved_residuals  # pylint: disable=g-import-not-at-top
+  cfg = config.tiny().replace(num_layers=2)
+  params = model_lib.init_params(cfg, jax.random.key(0))
+  tokens = jnp.zeros((2, 8), jnp.int32)
+
+  def kept(policy):
+    c = cfg.replace(remat_policy=policy)
+    res = saved_residuals(lambda p: model_lib.forward(c, p, tokens).sum(), params)
+    return collections.Counter(d.split("'")[1] for _, d in res if d.startswith("named"))
+
+  # Of each layer's seven projections, those the backward pass reads (a projection added to the
+  # residual stream is not); attention's logits and encoding.
+  dots = kept("dots")
+  assert dots["projection"] >= 2 * 5 and dots["attention"] == 2 * 2
+  assert kept("dots_no_batch") == {"projection": dots["projection"]}
+  assert kept("full") == {}
