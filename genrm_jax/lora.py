@@ -24,10 +24,13 @@ weight to the down projection's by shape (docs/lora.md). qwix serves QLoRA's qua
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from genrm_jax import model as model_lib
@@ -163,8 +166,26 @@ def frozen_shardings(cfg: ModelConfig, lc: LoraConfig, mesh) -> Any:
   def one(q, n, s):
     if not hasattr(q, "qvalue"):
       return s
-    return jax.tree.map(lambda leaf: sharding.logical_sharding(n, leaf.shape, mesh), q)
+    return jax.tree.map(lambda leaf: NamedSharding(mesh, _quantized_spec(n, leaf.shape, s.spec,
+                                                                          mesh)), q)
   return jax.tree.map(one, abstract, names, plain, is_leaf=lambda x: hasattr(x, "qvalue"))
+
+
+def _quantized_spec(names, shape, weight_spec: P, mesh) -> P:
+  """A quantized weight's values shard as the weight; its scales too, and where a named axis
+  (one scale per block of inputs: 84 blocks of Gemma 3 27B's 5,376) does not divide, the mesh
+  axis moves to the largest free axis that it divides rather than being replicated."""
+  spec = list(sharding.logical_to_spec(names, shape, mesh))
+  axes = lambda s: () if s is None else s if isinstance(s, tuple) else (s,)  # noqa: E731
+  used = {ax for s in spec for ax in axes(s)}
+  for ax in (ax for s in weight_spec for ax in axes(s)):
+    fits = [i for i, d in enumerate(shape)
+            if d % (math.prod(mesh.shape[a] for a in axes(spec[i])) * mesh.shape[ax]) == 0]
+    if ax not in used and fits:
+      i = max(fits, key=lambda i: shape[i])
+      spec[i] = axes(spec[i]) + (ax,) if spec[i] is not None else ax
+      used.add(ax)
+  return P(*spec)
 
 
 # ----------------------------------------------------------------------------- merge

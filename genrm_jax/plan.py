@@ -4,8 +4,8 @@
         [--mesh data=1,fsdp=16,tensor=1] [--remat dots] [--grad_accum 1] [--search]
     python -m genrm_jax.plan --topology v5e:4x4 --gin_file gemma_2b.gin \\
         --gin_file gsm8k_genrm_cot.gin --gin_file paper.gin --gin_file topology/v5e_16_gemma_2b.gin
-    python -m genrm_jax.plan --model gemma3_27b --topology v5p:2x2x2 --batch 64 --seq_len 2048 \\
-        --remat dots --finetune full,lora,qlora-int8,qlora-nf4 --lora_rank 16
+    python -m genrm_jax.plan --model gemma3_27b --topology v5p:2x2x4 --batch 64 --seq_len 2048 \\
+        --remat full --grad_accum 2 --finetune full,lora,qlora-int8,qlora-nf4 --lora_rank 16
 
 The step is ``step.make_train_step``, lowered on abstract inputs (no parameters are allocated)
 for the slice's devices and compiled ahead of time. With the TPU compiler (``pip install
@@ -144,8 +144,9 @@ def _per_chip_bytes(tree) -> int:
   total = 0
   for x in jax.tree.leaves(tree):
     shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-    total += int(np.prod(shape)) * np.dtype(x.dtype).itemsize
-  return total
+    # In bits: numpy gives int4 / uint4 (QLoRA's bases) a byte each; a TPU packs two a byte.
+    total += int(np.prod(shape)) * jax.dtypes.itemsize_bits(x.dtype)
+  return total // 8
 
 
 def analytic_activation_bytes(cfg, spec: PlanSpec, mesh: tuple[int, int, int]) -> int:
@@ -407,7 +408,10 @@ def _plan(argv: Sequence[str] | None) -> int:
                     param_dtype=args.param_dtype, scan_layers=not args.no_scan, mfu=args.mfu)
   else:
     ap.error("give --model or --gin_file")
-  modes = _finetune_modes(args.finetune, args.lora_rank) if args.finetune else [base.lora]
+  try:
+    modes = _finetune_modes(args.finetune, args.lora_rank) if args.finetune else [base.lora]
+  except ValueError as e:
+    ap.error(str(e))
   if args.search:
     if len(modes) > 1:
       ap.error("--search plans one --finetune mode at a time")

@@ -75,3 +75,49 @@ def test_train_step_peak_memory_falls_by_the_logits_share():
   full = b * t * cfg.vocab_size * 4  # the [B, T, V] float32 logits
   # The whole-sequence step holds the logits and their gradient; the chunked one a quarter.
   assert peak[t] - peak[0] >= full
+
+
+@pytest.mark.parametrize("cap", [None, 30.0])
+@pytest.mark.parametrize("chunk", [1, 2, 5])
+def test_only_the_positions_read_are_unembedded_alike(cap, chunk):
+  """With ``where``, log-probs and argmaxes at those positions, and the gradients of a loss over
+  them (hidden states and embedding), equal the plain computation's; a row without any is fine."""
+  cfg = config.tiny(vocab_size=53, embed_dim=8, final_logit_soft_cap=cap)
+  emb, hidden, targets, weights = _inputs(cfg, 3, 11, 2)
+  rng = np.random.default_rng(3)
+  weights = jnp.asarray((rng.random((3, 11)) < 0.3) * np.asarray(weights)).at[1].set(0.0)
+  assert 0 < int(jnp.sum(weights > 0)) < 33 // 2
+
+  def loss(fn):
+    def f(e, h):
+      s = fn(e, h)
+      return jnp.sum(s.logprob * weights), jnp.where(weights > 0, s.argmax, -1)
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+  (want, want_argmax), want_grads = loss(
+      lambda e, h: logits.plain_token_stats(cfg, e, h, targets))(emb, hidden)
+  (got, got_argmax), got_grads = loss(
+      lambda e, h: logits.token_stats(cfg, e, h, targets, chunk, where=weights))(emb, hidden)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_array_equal(got_argmax, want_argmax)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_positions_read_on_a_mesh_stay_with_their_rows():
+  """Sharded over 4 batch blocks, each device gathers its own rows' positions: same values."""
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (simulated) devices")
+  cfg = config.tiny(vocab_size=53, embed_dim=8)
+  emb, hidden, targets, weights = _inputs(cfg, 8, 9, 4)
+  weights = jnp.asarray(np.asarray(weights) < 0.25, jnp.float32)
+  mesh = sharding.make_mesh(2, 2, 2, devices=jax.devices()[:8])
+
+  def f(e, h):
+    with sharding.use_mesh(mesh):
+      assert sharding.batch_shard_count(h.shape[0]) == 4
+      return logits.token_stats(cfg, e, h, targets, 2, where=weights).logprob
+
+  got = jax.jit(f)(emb, hidden)
+  want = logits.plain_token_stats(cfg, emb, hidden, targets).logprob
+  np.testing.assert_allclose(got, jnp.where(weights > 0, want, 0), rtol=1e-6, atol=1e-7)
