@@ -102,19 +102,20 @@ def _experiment(args, model_dir: str):
 
 def side_jax(args, lora_on: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from genrm_jax import checkpoint, lora, sharding, step  # pylint: disable=g-import-not-at-top
-  from genrm_jax.config import LoraConfig  # pylint: disable=g-import-not-at-top
+  from genrm_jax import checkpoint, model, sharding, step  # pylint: disable=g-import-not-at-top
   p = _paths(args.workdir)
   exp = _experiment(args, p["model"])
   cfg = exp.model.replace(dtype=args.dtype)
-  lc = _lora(args) if lora_on else LoraConfig()
+  lc = _lora(args) if lora_on else None
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   # (Without LoRA, the call an older genrm-jax understands too: ``--before``.)
   setup = step.make_setup(cfg, exp.objective, _optim(), mesh, *([lc] if lora_on else []))
-  _, base, _ = checkpoint.load_model_dir(p["model"], mesh)
+  _, base, _ = checkpoint.load_model_dir(p["model"], mesh,
+                                         cfg_overrides={"scan_layers": cfg.scan_layers})
   if lora_on:
     _, adapters, _ = checkpoint.load_adapters(p["lora"], mesh)
-    state, frozen = step.init_state(setup, adapters), (base,)
+    state = step.init_state(setup, model.scan_params(adapters, cfg))
+    frozen = (base,)
   else:
     state, frozen = step.init_state(setup, base), ()
     del base
@@ -240,8 +241,10 @@ def main() -> None:
                             capture_output=True, text=True, check=False, env=env)
       line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
       if proc.returncode or not line:
-        sys.exit(f"side {name} failed:\n{proc.stderr[-3000:]}")
+        print(f"side {name} failed:\n{proc.stderr[-3000:]}", flush=True)
+        continue
       results[name] = json.loads(line[-1][len("RESULT "):])
+      print(f"side {name}: {results[name]}", flush=True)
     peak = _matmul_peak()
   tokens = args.batch * args.seq_len
   print(f"\nGemma 3 270M, batch {args.batch} x {args.seq_len} tokens of gsm8k_genrm, LoRA rank "
@@ -262,6 +265,10 @@ def main() -> None:
   if "lora" in results and "peft" in results:
     diff = np.max(np.abs(np.subtract(results["lora"]["losses"], results["peft"]["losses"])))
     print(f"largest loss difference, genrm-jax LoRA vs peft: {diff:.2e}")
+  failed = [name for name in args.sides.split(",") + (["before"] if args.before else [])
+            if name not in results]
+  if failed:
+    sys.exit(f"sides that failed (their errors above): {', '.join(failed)}")
 
 
 if __name__ == "__main__":
