@@ -71,22 +71,18 @@ class VerifierRecipe:
 
 
 # One verdict token per record against every solution token of the SFT records mixed in:
-# weighted 1, the verdict was 6-8% of the loss (see ObjectiveConfig.verdict_weight).
+# weighted 1, the verdict is a small share of the loss (see ObjectiveConfig.verdict_weight).
 _VERDICT_WEIGHT = 8.0
 # The discriminative RM gets GenRM's SFT term in the same proportion to its verdicts: GenRM has
 # lambda SFT records (T solution tokens each, weight 1) per verdict of weight 8; half of the
 # classifier's examples are correct solutions, so T/2 SFT tokens per BCE term of weight 1. Without
-# it (the paper's BCE alone) the classifier learned answer length but not answer letters and
-# was not 2 SE above pass@1 on either seed (+.018, -.039 at N = 16); with it, it reads letters
-# (docs/experiments.md).
+# it (the paper's BCE alone) the classifier learned answer length but not answer letters
+# (docs/experiments.md#the-discriminative-rm-read-at-its-last-token-taught-at-every-token).
 _DISC_SFT_WEIGHT = 2 * records.PAPER_LAMBDA[word_puzzles.LAST_LETTERS] / _VERDICT_WEIGHT
 # On last letters also the label at every solution token, weighed as much as the last token's
 # (Cobbe et al.'s verifier). Read only at the last token, it did not fit the letter check on its
-# own training data (a same-length answer whose letter differs from its steps above a correct
-# solution in 31% of pairs) and was under two standard errors above pass@1 on seeds 0 and 2
-# (+.016, +.017); with it, two trainings each: +.063 and +.043 (seed 0), +.072 and +.080 (seed 2).
-# On word sorting it did harm (seed 0: -.004 and -.090 against +.051 read at the last token only;
-# docs/experiments.md).
+# own training data; on word sorting the per-token label did harm
+# (docs/experiments.md#the-discriminative-rm-read-at-its-last-token-taught-at-every-token).
 _DISC_TOKEN_WEIGHT = {word_puzzles.LAST_LETTERS: 1.0, word_puzzles.WORD_SORTING: 0.0}
 
 VERIFIERS = (
@@ -116,27 +112,23 @@ class PipelineConfig:
   # the vocabulary, loss 0.12 by step 200 and 0.03 at 500).
   policy_steps: int = 500
   policy_decay_steps: int = 1000
-  # The discriminative RM and direct GenRM. At 300 steps GenRM's gain on seed 1 was +.012 ± .020,
-  # at 600 +.043 ± .019; the discriminative RM went from reading length backwards to reading it
-  # (docs/experiments.md).
+  # The discriminative RM and direct GenRM: at half this, GenRM's gain was within its noise and the
+  # discriminative RM read length backwards (docs/experiments.md).
   verifier_steps: int = 600
-  # GenRM-CoT's rationales are sampled, so every copy in them must hold, not only be likely: at
-  # 300 steps its rationales lost their place in the question (a word repeated or skipped) and
-  # rejected correct candidates; at 600, seed 0 went from .824 to .879 at N = 16
-  # (docs/experiments.md). A verification record is about 115 tokens, so 600 steps of 16 rows of
-  # 256 held at most 0.6 of the verifier data: on seed 2's stages the sampled copies of a wrong
-  # answer then slid towards the right one, and Best-of-16 was .883 and .898 (two trainings);
-  # 1200 x 8 rows (the same tokens) .934 and .941, level with direct GenRM; 1200 x 16, twice the
-  # tokens, .961. Seed 0: .883 (600 x 16), .891 (1200 x 8), .895 (1200 x 16).
+  # GenRM-CoT's rationales are sampled, so every copy in them must hold, not only be likely: with
+  # fewer steps its rationales lost their place in the question and, seeing under one pass of
+  # the verifier data, slid the copies of a wrong answer towards the right one
+  # (docs/experiments.md#more-steps-for-genrm-cot-the-four-seeds-together).
   cot_verifier_steps: int = 1200
   # Layers the verifiers add on top of the policy's 3 (identity maps at first, see
   # train.append_identity_layers). With the policy's depth alone, GenRM could not fit its own
-  # hard negatives (10-33% rejected after 300 steps): comparing an answer letter with the step
-  # it copies, then carrying the mismatch to the verdict, takes more layers than copying does.
+  # hard negatives (docs/experiments.md#why-the-verifiers-are-three-layers-deeper-than-the-policy):
+  # comparing an answer letter with the step it copies, then carrying the mismatch to the
+  # verdict, takes more layers than copying does.
   verifier_add_layers: int = 3
   # Test pool: problems of the test length, N samples each; the paper's GSM8K N is 16. At 128
-  # problems the standard error of a verifier's paired gain over pass@1 was about .028, as large
-  # as GenRM's gain; sampling is cheap, and 256 brings it to about .02.
+  # problems the standard error of a verifier's paired gain over pass@1 was as large as GenRM's
+  # gain; sampling is cheap, and twice the problems shrink it by a factor of 1.4.
   test_problems: int = 256
   # Words per test problem. The verifiers also train on this length, on other problems (a hash
   # of the words holds test problems out at any length): with data only up to one word shorter,
@@ -171,9 +163,9 @@ class PipelineConfig:
   rationale_temperature: float = 0.7
   verifiers: tuple[str, ...] = tuple(v.name for v in VERIFIERS)
   # Stage f's seed (the verifiers' batch order, added layers' and head's initialisation); None:
-  # ``seed``. On the same stages a-e two trainings of a verifier differ by up to .08 at N = 16
-  # (docs/experiments.md), so an order between verifiers needs several: the README's "stage f's
-  # seed 10" trainings are ``--gin_bindings 'PipelineConfig.verifier_seed = 10'`` in a copy of
+  # ``seed``. On the same stages a-e two trainings of a verifier differ well beyond their standard
+  # errors (docs/experiments.md), so an order between verifiers needs several: the README's other
+  # trainings are ``--gin_bindings 'PipelineConfig.verifier_seed = 10'`` in a copy of
   # the run folder without its verifiers/ and eval*/, or with another ``out`` (stages a-e redone:
   # on one machine they come out byte for byte the same).
   verifier_seed: int | None = None

@@ -41,10 +41,9 @@ from genrm_jax import formats
 LAST_LETTERS = "last_letters"
 WORD_SORTING = "word_sorting"
 TASKS = (LAST_LETTERS, WORD_SORTING)
-# The line put before "Q:" in every prompt. Empty: a model here learns one task, and on two CPU
-# cores a 43-token instruction was 29% of each policy example and left room for one example, not
-# two, per packed 256-token row; without it the tiny policy learned to copy words after ~350
-# steps instead of ~750. A run that mixes the tasks in one model sets task lines here.
+# The line put before "Q:" in every prompt. Empty: a model here learns one task, and an
+# instruction took a large share of each short policy example and of each packed row, slowing
+# the tiny policy's learning to copy. A run that mixes the tasks in one model sets task lines here.
 INSTRUCTIONS = {LAST_LETTERS: "", WORD_SORTING: ""}
 TRAIN_LENGTHS = (2, 3, 4)
 TEST_LENGTH = {LAST_LETTERS: 6, WORD_SORTING: 5}
@@ -206,8 +205,7 @@ _ANSWER_LINE = re.compile(r"^The answer is .*$")
 #   is ``<step> missing``; units left after the last step, ``extra <units>``. Word sorting walks
 #   the answer's adjacent pairs and then the question's words instead (``_walk_sorting``).
 RATIONALE_STYLES = ("check", "derive", "walk")
-# On the default run's first 128 test problems (seed 0), GenRM-CoT at N = 16: .742 with "check",
-# .828 with "walk" (docs/experiments.md).
+# "walk" verified better than "check" on the default run (docs/experiments.md).
 DEFAULT_RATIONALE_STYLE = "walk"
 VOCAB_RATIONALE_STYLE = "check"  # see texts_for_vocab
 

@@ -49,7 +49,7 @@ class ObjectiveConfig:
   disc_token_weight: float = 0.0
   # lm: the loss weight of each Yes/No verdict token, relative to 1 for every other target token.
   # A direct verification record has one verdict among its target tokens, and the SFT records
-  # mixed in (lambda) are all solution tokens: at 1, verdicts were 6% of the loss in the tiny run.
+  # mixed in (lambda) are all solution tokens: at 1, verdicts are a small share of the loss.
   verdict_weight: float = 1.0
   # Positions unembedded at a time by the losses that read token log-probs; 0:
   # ``logits.default_chunk``.
