@@ -15,7 +15,8 @@ Writes, atomically, to DIR:
 - results.json: ``best_of_n`` ({method: {str(N): accuracy}}; model-free rows ``pass@1``, ``pass@n``,
   ``self_consistency``; each verifier NAME, for CoT also ``NAME[K=k]`` with its first k votes, and
   for probability scores ``NAME+weighted_sc``), ``tokens_per_problem`` (the same keys: generated
-  tokens per problem, solutions plus rationales), ``stderr`` (over problems, at the largest N),
+  tokens per problem, solutions plus rationales), ``stderr`` (over problems, at the largest N;
+  ``stderr_by_n`` at each N), ``first_k_votes`` (the ``[K=k]`` rows),
   ``vs_pass@1`` (each method's paired per-problem difference from pass@1 and its standard error),
   ``between_methods`` (the same for each pair of self-consistency and the verifier rows but
   ``[K=k]``: ``{A: {B: {"diff": A - B, "se"}}}``, each pair once, in the table's order),
@@ -346,6 +347,9 @@ def compute_results(pools: Sequence[cands.Pool], scores: dict[str, Scored], ec: 
   return {"best_of_n": {name: ev.at_ns(c, ns) for name, c in curves.items()},
           "tokens_per_problem": tokens,
           "stderr": {name: ev.stderr_at(c, largest) for name, c in curves.items()},
+          "stderr_by_n": {name: {str(n): ev.stderr_at(c, n) for n in ns}
+                          for name, c in curves.items()},
+          "first_k_votes": sorted(first_votes),
           "vs_pass@1": {n: paired(n, "pass@1") for n in at if n not in MODEL_FREE},
           "between_methods": {a: {b: paired(a, b) for b in ranked[i + 1:]}
                               for i, a in enumerate(ranked[:-1])},
@@ -442,13 +446,17 @@ def write_outputs(out: str, ec: EvalConfig, specs: Sequence[VerifierArg],
           "config": dataclasses.asdict(ec), "processes": jax.process_count(),
           "seconds": time.time() - t0}
   files.write_atomic(os.path.join(out, "meta.json"), strict_json(meta))
-  title = f"{ec.task}: {len(pools)} problems, {min(sizes)}-{max(sizes)} candidates each"
-  plots.best_of_n(res["best_of_n"], os.path.join(out, "best_of_n.png"), title)
+  each = f"{max(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+  title = f"{ec.task}: {len(pools)} problems, {each} candidates each"
+  # CoT's first-k-votes rows are parts of their verifier's row: on the token plot only.
+  plots.best_of_n(res["best_of_n"], os.path.join(out, "best_of_n.png"), title,
+                  res["stderr_by_n"], leave_out=res["first_k_votes"])
   compute = [m for m in res["tokens_per_problem"]
              if m not in ("pass@1", "pass@n") and not m.endswith(WEIGHTED_SUFFIX)]
   if compute:
     plots.accuracy_vs_tokens(res["best_of_n"], res["tokens_per_problem"], compute,
-                             os.path.join(out, "accuracy_vs_tokens.png"), title)
+                             os.path.join(out, "accuracy_vs_tokens.png"), title,
+                             res["stderr_by_n"])
   calibrated = {n: d["reliability"] for n, d in diagnostics.items() if "reliability" in d}
   if calibrated:
     plots.reliability(calibrated, os.path.join(out, "reliability.png"), ec.task,

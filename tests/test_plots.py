@@ -1,6 +1,7 @@
 """The figures of a run give each method one colour across all of them."""
 
 import matplotlib.axes
+import matplotlib.figure
 import pytest
 
 from genrm_jax import plots
@@ -35,3 +36,38 @@ def test_a_method_has_the_same_colour_in_every_figure(tmp_path, monkeypatch):
 def test_colours_are_distinct(count):
   names = [f"m{i}" for i in range(count)]
   assert len(set(plots.colors(["pass@1", *names]).values())) == count
+
+
+def test_best_of_n_fits_its_axis_draws_bands_and_leaves_out_rows(tmp_path, monkeypatch):
+  figures = []
+  savefig = matplotlib.figure.Figure.savefig
+
+  def keep(self, *args, **kwargs):
+    figures.append(self)
+    return savefig(self, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+  acc = {"pass@1": {"1": 0.80, "4": 0.80}, "pass@n": {"1": 0.80, "4": 0.95},
+         "genrm": {"1": 0.80, "4": 0.90}, "genrm_cot": {"1": 0.80, "4": 0.92},
+         "genrm_cot[K=1]": {"1": 0.80, "4": 0.85}}
+  se = {m: {"1": 0.02, "4": 0.01} for m in acc}
+  plots.best_of_n(acc, str(tmp_path / "a.png"), "t", se, leave_out=["genrm_cot[K=1]"])
+  ax = figures[-1].axes[0]
+  labels = [ln.get_label() for ln in ax.get_lines()]
+  assert labels == ["pass@1", "pass@n", "genrm", "genrm_cot"]
+  # Bands for the two verifiers (not for the bounds), and an axis around .78-.95, not 0-1.
+  assert len(ax.collections) == 2
+  lo, hi = ax.get_ylim()
+  assert 0.7 < lo < 0.78 and 0.95 <= hi < 0.98
+  # The legend sits outside the axes.
+  assert ax.get_legend().get_bbox_to_anchor().x0 > ax.bbox.x1
+  plots.accuracy_vs_tokens(acc, {m: {"1": 10, "4": 40} for m in acc},
+                           ["genrm_cot", "genrm_cot[K=1]"], str(tmp_path / "b.png"), "t", se)
+  ax = figures[-1].axes[0]
+  assert [ln.get_label() for ln in ax.get_lines()] == ["genrm_cot", "genrm_cot[K=1]"]
+  assert len(ax.collections) == 2
+
+
+def test_fitted_limits_stay_inside_zero_and_one():
+  assert plots.fitted_ylim([0.0, 0.5], [0.99, 1.0]) == (0.0, 1.0)
+  assert plots.fitted_ylim([0.5, float("nan")], [0.6, float("nan")]) == pytest.approx((0.49, 0.61))
