@@ -386,7 +386,7 @@ class Attention(nn.Module):
     logits = jnp.where(mask[:, None, :, None, :], logits, _MASK_VALUE)
     # A softmax whose division comes after the value dot, on [B, T, K, G, H] rather than on the
     # [B, K, T, G, S] probabilities: XLA's CPU fusions materialised the broadcast sum over those,
-    # forward and backward (README, "Performance: where the CPU train step lost to torch"). The
+    # forward and backward (docs/performance.md, "Performance: where the CPU train step ..."). The
     # max is a constant shift for the gradient, as in jax.nn.softmax.
     probs = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
     total = jnp.sum(probs, axis=-1)  # [B, K, T, G]
