@@ -75,6 +75,7 @@ class Vocab:
       from genrm_jax import startup  # pylint: disable=g-import-not-at-top
       startup.import_tensorflow()
       import seqio  # pylint: disable=g-import-not-at-top
+      startup.quiet_sentencepiece()
       self._seqio = seqio.SentencePieceVocabulary(self.path)
     return self._seqio
 

@@ -32,3 +32,30 @@ def test_captured_stderr_is_replayed_only_on_failure(capfd):
       os.write(2, b"why it broke\n")
       raise ImportError("broken")
   assert capfd.readouterr().err == "why it broke\n"
+
+
+_PIPELINE = """
+import sys
+from genrm_jax import vocab
+v = vocab.train_char_vocab(["ab c"], sys.argv[1])
+s = v.seqio()
+import tensorflow as tf
+ds = tf.data.Dataset.from_tensor_slices(["ab", "c"]).map(s.encode_tf)
+print([x.tolist() for x in ds.as_numpy_iterator()])
+"""
+
+
+@pytest.mark.parametrize("level", [None, "0"])
+def test_sentencepiece_in_tf_data_is_quiet_unless_asked(tmp_path, level):
+  # tensorflow_text's own copy of sentencepiece logs at every vocabulary load in a pipeline.
+  env = {k: v for k, v in os.environ.items() if k != startup.SENTENCEPIECE_LEVEL_ENV}
+  if level is not None:
+    env[startup.SENTENCEPIECE_LEVEL_ENV] = level
+  r = subprocess.run([sys.executable, "-c", _PIPELINE, str(tmp_path / "v.model")], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300,
+                     env={**env, "PYTHONPATH": str(ROOT)})
+  assert r.returncode == 0, r.stderr
+  if level is None:
+    assert r.stderr == "", r.stderr
+  else:
+    assert "LOG(INFO)" in r.stderr
