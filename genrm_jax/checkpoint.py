@@ -31,7 +31,7 @@ from etils import epath
 from genrm_jax import files
 from genrm_jax import model as model_lib
 from genrm_jax import vocab as vocab_lib
-from genrm_jax.config import LoraConfig, ModelConfig
+from genrm_jax.config import RUNTIME_FIELDS, LoraConfig, ModelConfig
 
 META_FILE = "genrm_model.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -155,22 +155,16 @@ def load_adapters(path: str, mesh=None) -> tuple[LoraConfig, Any, dict[str, str]
   return lc, adapters, meta["lora"]["base"]
 
 
-_RUNTIME_FIELDS = ("dtype", "remat_policy", "max_seq_len", "scan_layers")
-
-
 def _load_merged(path: str, meta: dict[str, Any], cfg: ModelConfig, mesh,
                  cfg_overrides: dict[str, Any] | None) -> Any:
   from genrm_jax import lora as lora_lib  # pylint: disable=g-import-not-at-top
   check_base(path, meta["lora"]["base"])
   lc, adapters, base = load_adapters(path, mesh)
   base_cfg, params, _ = load_model_dir(base["path"], mesh, cfg_overrides)
-  # The run may have computed in another dtype, scanned or rematerialised: the weights are alike.
-  a = base_cfg.replace(**{k: getattr(cfg, k) for k in _RUNTIME_FIELDS}).to_dict()
-  b = cfg.to_dict()
-  diff = [f"{k}: {a[k]!r} there, {b[k]!r} here" for k in sorted(a) if a[k] != b[k]]
+  diff = base_cfg.differences(cfg, ignore=RUNTIME_FIELDS)
   if diff:
     raise ValueError(f"LoRA model directory {path}: its base {base['path']} holds another model "
-                     f"config ({'; '.join(diff)})")
+                     f"config ({diff})")
   adapters = model_lib.scan_params(adapters, cfg)
   merge = lambda p, a: lora_lib.merge(cfg, lc, lora_lib.quantize_base(p, lc), a)  # noqa: E731
   if mesh is None:

@@ -18,6 +18,9 @@ class AttentionType(enum.Enum):
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 FAMILIES = ("gemma", "gemma2", "gemma3")
+# ModelConfig fields that say how weights are computed with or laid out, never what they are:
+# weights saved under one value load under any other.
+RUNTIME_FIELDS = ("dtype", "remat_policy", "max_seq_len", "scan_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +103,12 @@ class ModelConfig:
     d = dataclasses.asdict(self)
     d["attention_types"] = [t.value for t in self.attention_types]
     return d
+
+  def differences(self, other: "ModelConfig", ignore: tuple[str, ...] = ()) -> str:
+    """'field: this there, other here; ...' over the fields not in ``ignore`` ('' if alike)."""
+    a, b = self.to_dict(), other.to_dict()
+    return "; ".join(f"{k}: {a[k]!r} there, {b[k]!r} here" for k in sorted(a)
+                     if k not in ignore and a[k] != b[k])
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":

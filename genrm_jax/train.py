@@ -45,9 +45,9 @@ from genrm_jax import train_checkpoints
 from genrm_jax import vocab as vocab_lib
 from genrm_jax.train_log import Reporter
 
-# Fields of ModelConfig that may change between a checkpoint and its resumption: numerics and
-# memory only, never a parameter shape or layout.
-_RESUMABLE_FIELDS = ("dtype", "remat_policy", "max_seq_len")
+# Fields of ModelConfig that may change between a checkpoint and its resumption: a train state's
+# layout (and its optimizer state's) follows scan_layers.
+_RESUMABLE_FIELDS = tuple(f for f in config_lib.RUNTIME_FIELDS if f != "scan_layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,11 +157,9 @@ def _model_dir_of(path: str) -> str:
 
 def _check_compatible(stored: config_lib.ModelConfig, cfg: config_lib.ModelConfig,
                       what: str, hint: str = "") -> None:
-  a, b = stored.to_dict(), cfg.to_dict()
-  diff = [f"{k}: {a[k]!r} there, {b[k]!r} here" for k in sorted(a)
-          if k not in _RESUMABLE_FIELDS and a[k] != b[k]]
+  diff = stored.differences(cfg, ignore=_RESUMABLE_FIELDS)
   if diff:
-    raise ValueError(f"{what} holds another model config ({'; '.join(diff)}){hint}")
+    raise ValueError(f"{what} holds another model config ({diff}){hint}")
 
 
 # What a block writes into the residual stream (attention output, MLP down projection): with
@@ -232,7 +230,7 @@ def _starting_point(exp: Experiment, cfg: config_lib.ModelConfig, mesh) -> tuple
   if kind == "genrm":
     src = _model_dir_of(path)
     stored, params, _ = checkpoint.load_model_dir(
-        src, mesh, cfg_overrides={k: getattr(cfg, k) for k in _RESUMABLE_FIELDS + ("scan_layers",)})
+        src, mesh, cfg_overrides={k: getattr(cfg, k) for k in config_lib.RUNTIME_FIELDS})
     _check_compatible(stored.replace(scan_layers=cfg.scan_layers), cfg, f"model directory {src}")
     return params, checkpoint.tokenizer_path(src)
   from genrm_jax import import_hf  # pylint: disable=g-import-not-at-top
