@@ -105,7 +105,7 @@ def side_jax(args, lora_on: bool) -> dict:
   from genrm_jax import checkpoint, model, sharding, step  # pylint: disable=g-import-not-at-top
   p = _paths(args.workdir)
   exp = _experiment(args, p["model"])
-  cfg = exp.model.replace(dtype=args.dtype)
+  cfg = exp.model.replace(dtype=args.dtype, remat_policy=args.remat or exp.model.remat_policy)
   lc = _lora(args) if lora_on else None
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   # (Without LoRA, the call an older genrm-jax understands too: ``--before``.)
@@ -215,6 +215,8 @@ def main() -> None:
   ap.add_argument("--seq_len", type=int, default=512)
   ap.add_argument("--rank", type=int, default=16)
   ap.add_argument("--dtype", default="float32", help="genrm-jax compute dtype")
+  ap.add_argument("--remat", default=None,
+                  help="genrm-jax remat policy (default: gemma3_270m.gin's)")
   ap.add_argument("--sides", default="lora,full,peft")
   ap.add_argument("--before", default=None,
                   help="a git revision whose genrm-jax also runs full fine-tuning (side 'before')")

@@ -16,7 +16,7 @@ class AttentionType(enum.Enum):
   LOCAL_SLIDING = "local_sliding"
 
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "gate_up")
 FAMILIES = ("gemma", "gemma2", "gemma3")
 # ModelConfig fields that say how weights are computed with or laid out, never what they are:
 # weights saved under one value load under any other.

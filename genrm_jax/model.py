@@ -189,8 +189,10 @@ PROJECTIONS = {
 }
 assert tuple(PROJECTIONS) == PROJECTION_NAMES
 LORA = "lora"  # the variable collection of LoRA adapters
-# Names of dot outputs the "dots" remat policies keep (``jax.ad_checkpoint.checkpoint_name``).
-PROJECTION, ATTENTION = "projection", "attention"
+# Names of dot outputs the remat policies keep (``jax.ad_checkpoint.checkpoint_name``): the MLP's
+# gate and up outputs are most of a layer's matmul FLOPs, so "gate_up" keeps only them.
+PROJECTION, GATE_UP, ATTENTION = "projection", "gate_up", "attention"
+_SAVED_AS = {"gate_proj": GATE_UP, "up_proj": GATE_UP}
 LORA_DROPOUT = "lora_dropout"  # the rng stream of their dropout
 
 
@@ -206,8 +208,9 @@ def _adapter_init(shape, fan_in: int):
 def _project(module: nn.Module, lora: LoraConfig | None, name: str, x: jax.Array,
              w: jax.Array, w_names: tuple[str, ...], cfg: ModelConfig) -> jax.Array:
   """Projection ``name`` of ``x`` by weight (slot) ``w``, plus its LoRA adapter if targeted;
-  named for the "dots" remat policies."""
-  return checkpoint_name(_adapted(module, lora, name, x, w, w_names, cfg), PROJECTION)
+  named for the remat policies."""
+  return checkpoint_name(_adapted(module, lora, name, x, w, w_names, cfg),
+                         _SAVED_AS.get(name, PROJECTION))
 
 
 def _adapted(module: nn.Module, lora: LoraConfig | None, name: str, x: jax.Array, w: jax.Array,
@@ -497,9 +500,12 @@ _policies = jax.checkpoint_policies
 _REMAT = {
     "full": None,
     "dots": _policies.save_from_both_policies(
-        _policies.checkpoint_dots, _policies.save_only_these_names(PROJECTION, ATTENTION)),
+        _policies.checkpoint_dots,
+        _policies.save_only_these_names(PROJECTION, GATE_UP, ATTENTION)),
     "dots_no_batch": _policies.save_from_both_policies(
-        _policies.checkpoint_dots_with_no_batch_dims, _policies.save_only_these_names(PROJECTION)),
+        _policies.checkpoint_dots_with_no_batch_dims,
+        _policies.save_only_these_names(PROJECTION, GATE_UP)),
+    "gate_up": _policies.save_only_these_names(GATE_UP),
 }
 
 

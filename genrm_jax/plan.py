@@ -106,6 +106,7 @@ class Plan:
   compiled_flops: float  # per step, all chips, from XLA (unscanned layers only; else NaN)
   model_flops: float  # per step, 6N + attention (the MFU numerator)
   hbm_bytes: int
+  recompute: float  # matmul work against no recomputation (``recompute``)
 
   @property
   def fits(self) -> bool:
@@ -152,8 +153,9 @@ def _per_chip_bytes(tree) -> int:
 def analytic_activation_bytes(cfg, spec: PlanSpec, mesh: tuple[int, int, int]) -> int:
   """Saved-for-backward activations of one micro-batch per chip, plus the fp32 logits.
 
-  Per token and layer, in the compute dtype: remat "full" keeps the layer input (D); "dots" keeps
-  the matmul outputs (q, k, v, attention out, gate, up, MLP out); "none" also keeps norms,
+  Per token and layer, in the compute dtype: remat "full" keeps the layer input (D); "gate_up"
+  also the MLP's gate and up outputs; "dots_no_batch" every projection the backward pass reads
+  (q, k, v, attention out, gate, up); "dots" also attention's logits; "none" also keeps norms,
   the activation product and the fp32 attention probabilities. Tensor parallelism splits heads
   and the MLP hidden. The fp32 logits and their gradient count for one chunk of positions per
   row (``genrm_jax.logits``), all the loss holds at once.
@@ -166,11 +168,14 @@ def analytic_activation_bytes(cfg, spec: PlanSpec, mesh: tuple[int, int, int]) -
   d, f, h = cfg.embed_dim, cfg.hidden_dim, cfg.head_dim
   n, k = cfg.num_heads, cfg.num_kv_heads
   qkvo = (2 * n + 2 * k) * h / tensor
-  # Every activation matmul has a batch dimension, so "dots_no_batch" saves what "full" saves.
-  if spec.remat in ("full", "dots_no_batch"):
+  if spec.remat == "full":
     per_layer = b * d
-  elif spec.remat == "dots":
+  elif spec.remat == "gate_up":
+    per_layer = b * (d + 2 * f / tensor)
+  elif spec.remat == "dots_no_batch":
     per_layer = b * (d + qkvo + 2 * f / tensor)
+  elif spec.remat == "dots":
+    per_layer = b * (d + qkvo + 2 * f / tensor + n * spec.seq_len / tensor)
   else:
     attn_probs = 2 * 4 * n * spec.seq_len / tensor
     per_layer = b * (6 * d + qkvo + 3 * f / tensor) + attn_probs
@@ -233,7 +238,8 @@ def make_plan(spec: PlanSpec, backend: str) -> Plan:
               compiled_flops=flops,
               model_flops=(objectives.flops_per_example(obj, cfg, spec.seq_len) * spec.batch
                            * lora_lib.flops_fraction(lora)),
-              hbm_bytes=topo.chip.hbm_bytes)
+              hbm_bytes=topo.chip.hbm_bytes,
+              recompute=recompute(cfg, spec.remat, spec.seq_len))
 
 
 _OOM = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\)")
@@ -269,9 +275,17 @@ def search(base: PlanSpec, backend: str, log=print) -> list[Plan]:
 
 # Cheapest recomputation first.
 SEARCH_REMAT = ("none", "dots", "full")
-# Forward passes recomputed in the backward pass, as a fraction of the 3 passes of a train step:
-# "dots" keeps every matmul output and recomputes only elementwise work.
-RECOMPUTE = {"none": 1.0, "dots": 1.0, "dots_no_batch": 4 / 3, "full": 4 / 3}
+
+
+def recompute(cfg, remat: str, seq_len: int) -> float:
+  """A step's matmul work under ``remat``, as a multiple of the 3 passes without recomputation:
+  the backward pass recomputes the forward matmuls whose outputs the policy does not keep."""
+  d, f, h = cfg.embed_dim, cfg.hidden_dim, cfg.head_dim
+  mlp, proj = 3 * d * f, d * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) * h
+  attn = 2 * cfg.num_heads * h * seq_len  # logits and encoding, per token
+  again = {"none": 0, "dots": 0, "dots_no_batch": attn, "gate_up": proj + attn,
+           "full": mlp + proj + attn}[remat]
+  return 1 + again / (3 * (mlp + proj + attn))
 
 
 def best(plans: Sequence[Plan]) -> Plan | None:
@@ -279,7 +293,7 @@ def best(plans: Sequence[Plan]) -> Plan | None:
   fitting = [p for p in plans if p.fits]
   if not fitting:
     return None
-  return min(fitting, key=lambda p: (RECOMPUTE[p.spec.remat], p.spec.grad_accum,
+  return min(fitting, key=lambda p: (p.recompute, p.spec.grad_accum,
                                      p.compiled_total_bytes))
 
 
@@ -368,7 +382,7 @@ def _plan(argv: Sequence[str] | None) -> int:
   ap.add_argument("--seq_len", type=int, default=PlanSpec.seq_len)
   ap.add_argument("--mesh", type=_parse_mesh, default=None,
                   help="data=..,fsdp=..,tensor=.. (default: every chip on fsdp)")
-  ap.add_argument("--remat", default=PlanSpec.remat, help="none, dots, dots_no_batch, full")
+  ap.add_argument("--remat", default=PlanSpec.remat, help="none, dots, dots_no_batch, gate_up, full")
   ap.add_argument("--grad_accum", type=int, default=1)
   ap.add_argument("--objective", default=PlanSpec.objective,
                   help="the trainer's ObjectiveConfig.kind: lm, disc, dpo or one registered")
@@ -457,10 +471,10 @@ def one_micro_batch(plans: Sequence[Plan], chosen: Plan) -> str:
   single = [p for p in plans if p.fits and p.spec.grad_accum == 1]
   if not single:
     return "no remat policy fits the batch in one micro-batch"
-  p = min(single, key=lambda p: RECOMPUTE[p.spec.remat])
+  p = min(single, key=lambda p: p.recompute)
   return (f"one micro-batch fits with remat {p.spec.remat} ({p.compiled_total_bytes / GiB:.2f} "
           f"of {p.hbm_bytes / GiB:.0f} GiB per chip), at "
-          f"{RECOMPUTE[p.spec.remat] / RECOMPUTE[chosen.spec.remat]:.2f}x the chosen plan's "
+          f"{p.recompute / chosen.recompute:.2f}x the chosen plan's "
           "matmul work")
 
 

@@ -182,7 +182,8 @@ def _loss_and_grads(cfg, params, tokens):
 @pytest.mark.parametrize("make_cfg,variant", [
     (small_gemma2, dict(scan_layers=True)), (small_gemma2, dict(remat_policy="full")),
     (small_gemma2, dict(scan_layers=True, remat_policy="dots")),
-    (small_gemma3, dict(scan_layers=True, remat_policy="dots"))])
+    (small_gemma3, dict(scan_layers=True, remat_policy="dots")),
+    (small_gemma3, dict(scan_layers=True, remat_policy="gate_up"))])
 def test_scan_and_remat_give_the_same_function(make_cfg, variant):
   cfg = make_cfg()
   params = _params(cfg)
@@ -243,7 +244,8 @@ def test_lora_dense_is_the_projection_plus_its_adapter_in_value_and_gradient(spe
 
 def test_remat_policies_keep_what_they_name():
   """``dense`` is a custom-gradient call, invisible to ``checkpoint_dots``: "dots" must still keep
-  the projections and attention's products, "dots_no_batch" the projections only, "full" none."""
+  the projections and attention's products, "dots_no_batch" the projections only, "gate_up" the
+  MLP's gate and up outputs, "full" none."""
   from jax._src.ad_checkpoint import saved_residuals  # pylint: disable=g-import-not-at-top
   cfg = config.tiny().replace(num_layers=2)
   params = model_lib.init_params(cfg, jax.random.key(0))
@@ -257,6 +259,7 @@ def test_remat_policies_keep_what_they_name():
   # Of each layer's seven projections, those the backward pass reads (a projection added to the
   # residual stream is not); attention's logits and encoding.
   dots = kept("dots")
-  assert dots["projection"] >= 2 * 5 and dots["attention"] == 2 * 2
-  assert kept("dots_no_batch") == {"projection": dots["projection"]}
+  assert dots["projection"] >= 2 * 3 and dots["gate_up"] == 2 * 2 and dots["attention"] == 2 * 2
+  assert kept("dots_no_batch") == {"projection": dots["projection"], "gate_up": 2 * 2}
+  assert kept("gate_up") == {"gate_up": 2 * 2}
   assert kept("full") == {}

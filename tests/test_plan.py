@@ -30,8 +30,12 @@ def test_analytic_activations_shrink_with_remat_and_accumulation():
   cfg = config_lib.gemma_2b()
   spec = plan.PlanSpec(model="gemma_2b", topology="v5e:4x4", batch=64, seq_len=2048)
   act = {r: plan.analytic_activation_bytes(cfg, plan.PlanSpec(**{**spec.__dict__, "remat": r}),
-                                           (1, 16, 1)) for r in ("none", "dots", "full")}
-  assert act["none"] > act["dots"] > act["full"]
+                                           (1, 16, 1))
+         for r in ("none", "dots", "dots_no_batch", "gate_up", "full")}
+  assert act["none"] > act["dots"] > act["dots_no_batch"] > act["gate_up"] > act["full"]
+  work = {r: plan.recompute(cfg, r, spec.seq_len) for r in act}
+  assert work["none"] == work["dots"] == 1 < work["dots_no_batch"] < work["gate_up"]
+  assert work["gate_up"] < work["full"] == pytest.approx(4 / 3)
   half = plan.analytic_activation_bytes(cfg, plan.PlanSpec(**{**spec.__dict__, "grad_accum": 2}),
                                         (1, 16, 1))
   assert half == pytest.approx(act["none"] / 2, rel=1e-6)
