@@ -326,7 +326,8 @@ def test_a_lora_model_directory_scores_through_eval_and_serve(tmp_path):
   are those of the merged model."""
   from genrm_jax import candidates as cands  # pylint: disable=g-import-not-at-top
   from genrm_jax import eval as eval_cli  # pylint: disable=g-import-not-at-top
-  from genrm_jax import scoring, serve, serve_batcher  # pylint: disable=g-import-not-at-top
+  from genrm_jax import scoring  # pylint: disable=g-import-not-at-top
+  from genrm_jax.serve import batcher, server  # pylint: disable=g-import-not-at-top
   from genrm_jax import task_rules, word_puzzles  # pylint: disable=g-import-not-at-top
   from genrm_jax import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   vocab = vocab_lib.train_char_vocab(word_puzzles.texts_for_vocab("last_letters", count=5),
@@ -354,8 +355,8 @@ def test_a_lora_model_directory_scores_through_eval_and_serve(tmp_path):
   want = scoring.score("genrm", cfg, lora.merge(cfg, LC, params, adapters), vocab,
                        [q for q, _ in items], [s for _, s in items], opts).scores
   np.testing.assert_allclose(saved, want, rtol=1e-5)
-  scorer = serve.ModelScorer(serve.ServeConfig(model=adapted, task="last_letters"))
-  served, _ = scorer.score(serve_batcher.Kind("genrm", 1), items)
+  scorer = server.ModelScorer(server.ServeConfig(model=adapted, task="last_letters"))
+  served, _ = scorer.score(batcher.Kind("genrm", 1), items)
   np.testing.assert_allclose([e["score"] for e in served], want, rtol=1e-5)
 
 
