@@ -5,8 +5,8 @@
 
 1. Greedy decoding of ``--new`` tokens after a ``--prompt``-token prompt at each batch size, with
    the ~10M-parameter Gemma (``config.bench_10m``): ``sampler.extend`` + ``sampler.decode`` vs
-   ``model.generate`` of the same weights exported with ``genrm_jax.export_hf`` (torch at 1 and 2
-   threads, the faster reported; SDPA attention, its KV cache). Both sides run prefill + decode
+   ``model.generate`` of the same weights exported with ``genrm_jax.convert.export_hf`` (torch at
+   1 and 2 threads, the faster reported; SDPA attention, its KV cache). Both sides run prefill + decode
    with EOS disabled, so they produce the same number of tokens; timings alternate between the
    sides and the median is reported, with the share of greedy tokens that agree (float noise can
    flip near-ties in a random model).
@@ -30,7 +30,8 @@ import numpy as np
 
 import harness
 from families import FAMILIES, in_family
-from genrm_jax import config, export_hf, formats, sampler, scoring
+from genrm_jax import config, formats, sampler, scoring
+from genrm_jax.convert import export_hf
 from genrm_jax import model as model_lib
 from genrm_jax import vocab as vocab_lib
 
