@@ -59,8 +59,8 @@ from genrm_jax import cli
 from genrm_jax import diagnostics as diag
 from genrm_jax import distributed
 from genrm_jax import files
+from genrm_jax import generate
 from genrm_jax import plots
-from genrm_jax import policy_samples
 from genrm_jax import progress
 from genrm_jax import sampler
 from genrm_jax import scoring
@@ -489,7 +489,7 @@ def _first_vocab(specs: Sequence[VerifierArg]) -> vocab_lib.Vocab | None:
   return None
 
 
-def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateConfig | None = None,
+def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: generate.GenerateConfig | None = None,
         scoring_opts: scoring.ScoringConfig | None = None) -> dict | None:
   """Evaluates (and, with ``ec.policy``, first generates) candidates; writes ``ec.out``.
 
@@ -518,10 +518,10 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateCo
   with files.atomic_dir(ec.out, overwrite=ec.overwrite) as tmp:
     cand_file = ec.candidates
     if ec.policy:
-      gc = dataclasses.replace(gc or policy_samples.GenerateConfig(), checkpoint=ec.policy,
+      gc = dataclasses.replace(gc or generate.GenerateConfig(), checkpoint=ec.policy,
                                task=ec.task, seed=ec.seed, mesh=ec.mesh)
       cand_file = os.path.join(tmp, "candidates.jsonl")
-      cands.write_candidates(cand_file, policy_samples.generate(gc, sc), require_gold=True)
+      cands.write_candidates(cand_file, generate.generate(gc, sc), require_gold=True)
     pools = cands.read_candidates(cand_file, require_gold=ec.require_gold, checker=task.check)
     scores = read_scores(ec.scores_file, pools) if ec.scores_file else {}
     probes = (probe_pools(pools, ec.task, ec.seed)
@@ -583,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        scores_file=args.scores_file, cot_votes=args.cot_votes, seed=args.seed,
                        require_gold=args.require_gold, overwrite=args.overwrite,
                        policy=args.policy)
-    gc = cli.configure(policy_samples.GenerateConfig, num_samples=args.num_samples,
+    gc = cli.configure(generate.GenerateConfig, num_samples=args.num_samples,
                        num_problems=args.num_problems, split=args.split,
                        data_file=args.data_file)
     if not ec.out:

@@ -46,7 +46,7 @@ from genrm_jax import cli
 from genrm_jax import eval as eval_lib
 from genrm_jax import files
 from genrm_jax import formats
-from genrm_jax import policy_samples
+from genrm_jax import generate
 from genrm_jax import records
 from genrm_jax import sampler
 from genrm_jax import scoring
@@ -337,13 +337,13 @@ class Runner:
   def sample(self, split: str, problems: int, samples: int, out: str,
              test_length: int | None = None) -> None:
     pc = self.pc
-    gc = policy_samples.GenerateConfig(
+    gc = generate.GenerateConfig(
         checkpoint=self.path("policy", "model"), task=pc.task, split=split, num_problems=problems,
         num_samples=samples, seed=pc.seed, out=out,
         **({"test_length": test_length or pc.test_length} if split == "test" else
            {"lengths": tuple(pc.verifier_lengths)}))
     sc = sampler.SamplerConfig(temperature=pc.temperature, max_new_tokens=pc.max_solution_tokens)
-    print(policy_samples.write(gc, sc), flush=True)
+    print(generate.write(gc, sc), flush=True)
 
   def evaluate(self, recipes: Sequence[VerifierRecipe], candidates: str, out: str) -> None:
     pc = self.pc
