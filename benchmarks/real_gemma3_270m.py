@@ -58,12 +58,12 @@ def stage_score(args) -> None:
 
 
 def stage_sample(args) -> None:
-  from genrm_jax import formats, gsm8k_release, sampler  # pylint: disable=g-import-not-at-top
+  from genrm_jax import config, formats, gsm8k_release, sampler  # pylint: disable=g-import-not-at-top
   cfg, params, vocab = _load(args)
   question = gsm8k_release.load_gsm8k(os.path.join(DATA, "gsm8k", "test.jsonl"))[0]["question"]
   t = time.perf_counter()
   (c,), = sampler.sample(cfg, params, vocab, [formats.question_prompt(question)],
-                         sampler.SamplerConfig(max_new_tokens=32, temperature=0.0))
+                         config.SamplerConfig(max_new_tokens=32, temperature=0.0))
   print(f"greedy {len(c.token_ids)} tokens in {time.perf_counter() - t:.1f} s (incl. compile): "
         f"{c.text!r}")
 

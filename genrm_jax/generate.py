@@ -32,6 +32,7 @@ from genrm_jax import progress
 from genrm_jax import sampler
 from genrm_jax import task_rules
 from genrm_jax import word_puzzles
+from genrm_jax.config import SamplerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,7 @@ class GenerateConfig:
 
 
 cli.register(GenerateConfig)
-cli.register(sampler.SamplerConfig)
+cli.register(SamplerConfig)
 
 
 def load_problems(gc: GenerateConfig) -> list[dict[str, Any]]:
@@ -75,7 +76,7 @@ def load_problems(gc: GenerateConfig) -> list[dict[str, Any]]:
                                                            tuple(gc.lengths) or None))]
 
 
-def write(gc: GenerateConfig, sc: sampler.SamplerConfig) -> str:
+def write(gc: GenerateConfig, sc: SamplerConfig) -> str:
   """Samples the candidates (``generate``) and writes them to ``gc.out``; returns a summary."""
   t0 = time.time()
   recs = generate(gc, sc)
@@ -85,7 +86,7 @@ def write(gc: GenerateConfig, sc: sampler.SamplerConfig) -> str:
           f"{time.time() - t0:.1f}s")
 
 
-def generate(gc: GenerateConfig, sc: sampler.SamplerConfig) -> list[dict[str, Any]]:
+def generate(gc: GenerateConfig, sc: SamplerConfig) -> list[dict[str, Any]]:
   """Candidate records: ``gc.num_samples`` checked samples of every problem."""
   task = task_rules.get_task(gc.task)
   mesh = cli.mesh(gc.mesh)
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        num_samples=args.num_samples, test_length=args.test_length,
                        data_file=args.data_file, seed=args.seed,
                        lengths=cli.int_tuple("--lengths", args.lengths), out=args.out)
-    sc = cli.configure(sampler.SamplerConfig, temperature=args.temperature,
+    sc = cli.configure(SamplerConfig, temperature=args.temperature,
                        max_new_tokens=args.max_new_tokens)
     if not gc.checkpoint or not gc.out:
       cli.fail("--checkpoint and --out are required (as flags or gin bindings)")

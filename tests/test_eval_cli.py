@@ -403,7 +403,7 @@ def test_eval_with_tiny_random_verifiers(tmp_path):
   # Each saved score belongs to its own candidate: recompute a pool's direct scores here.
   cfg, params, _, v = checkpoint.load_model_and_vocab(verifier)
   pool = pools[1]
-  opts = scoring.ScoringConfig(instruction=word_puzzles.INSTRUCTIONS["last_letters"])
+  opts = config.ScoringConfig(instruction=word_puzzles.INSTRUCTIONS["last_letters"])
   want = scoring.score("genrm", cfg, params, v, [c["question"] for c in pool.candidates],
                        [c["solution"] for c in pool.candidates], opts).scores
   saved = {(r["question_id"], r["candidate_id"]): r["scores"]
@@ -433,8 +433,8 @@ def test_repeated_solutions_are_scored_once(monkeypatch):
                                             for i, s in enumerate(sols))),
            cands.Pool("q1", "b", "b", ({"candidate_id": 0, "question": "b", "solution": sols[0]},))]
   spec = eval_cli.VerifierArg("cot", "unused", "cot")
-  opts = scoring.ScoringConfig(instruction=task_rules.get_task("last_letters").instruction,
-                               num_rationales=2)
+  opts = config.ScoringConfig(instruction=task_rules.get_task("last_letters").instruction,
+                              num_rationales=2)
   out = eval_cli.score_pools(spec, pools, eval_cli.EvalConfig(cot_votes=2), opts)
   # Same solution under another question is another item; the repeat inside q0 is not.
   assert seen == [[("a", sols[0]), ("a", sols[1]), ("b", sols[0])]]

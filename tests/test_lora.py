@@ -352,7 +352,7 @@ def test_a_lora_model_directory_scores_through_eval_and_serve(tmp_path):
                  "--verifier", f"gen={adapted}:direct"])
   saved = [json.loads(line)["scores"]["gen"] for line in open(tmp_path / "eval" / "scores.jsonl")]
   items = [(c["question"], c["solution"]) for p in pools for c in p.candidates]
-  opts = scoring.ScoringConfig(instruction=word_puzzles.INSTRUCTIONS["last_letters"])
+  opts = config.ScoringConfig(instruction=word_puzzles.INSTRUCTIONS["last_letters"])
   want = scoring.score("genrm", cfg, lora.merge(cfg, LC, params, adapters), vocab,
                        [q for q, _ in items], [s for _, s in items], opts).scores
   np.testing.assert_allclose(saved, want, rtol=1e-5)

@@ -45,9 +45,9 @@ from starlette.responses import JSONResponse, Response
 
 from genrm_jax import checkpoint
 from genrm_jax import cli
-from genrm_jax import sampler
 from genrm_jax import scoring
 from genrm_jax import task_rules
+from genrm_jax.config import SamplerConfig, ScoringConfig
 from genrm_jax.serve import api
 from genrm_jax.serve.batcher import Batcher, BatchFailed, Kind, QueueFull
 from genrm_jax.serve.metrics import Metrics
@@ -56,8 +56,8 @@ log = logging.getLogger("genrm_jax.serve")
 
 ENDPOINTS = ("/v1/score", "/get_reward", "/health", "/metrics")
 # So that --gin_bindings may name them (ScoringConfig.rationale = @SamplerConfig()).
-cli.register(scoring.ScoringConfig)
-cli.register(sampler.SamplerConfig)
+cli.register(ScoringConfig)
+cli.register(SamplerConfig)
 
 
 def served(method: str | None = None) -> tuple[str, ...]:
@@ -144,7 +144,7 @@ class ModelScorer:
     task_rules.check_trained_task(checkpoint.model_meta(sc.model, "--model"), sc.task,
                                   f"--model {sc.model}")
     self.verifier = scoring.load_verifier(sc.model, sc.method, mesh, what=f"--model {sc.model}")
-    self.opts = cli.configure(scoring.ScoringConfig,
+    self.opts = cli.configure(ScoringConfig,
                               instruction=task_rules.get_task(sc.task).instruction,
                               num_rationales=sc.votes or None)
     self.seed = sc.seed

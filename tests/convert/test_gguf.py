@@ -276,8 +276,8 @@ def test_real_gemma3_270m_logits_and_greedy_match_transformers(real_gguf, shared
                                     min_new_tokens=32)[0, len(ids):].tolist()
   codec = sampler.as_codec(sp)
   (ours,), = sampler.sample(cfg, params, codec, [sp.decode(ids[1:])],
-                            sampler.SamplerConfig(max_new_tokens=32, temperature=0.0,
-                                                  stop_token_ids=()))
+                            config.SamplerConfig(max_new_tokens=32, temperature=0.0,
+                                                 stop_token_ids=()))
   assert ours.token_ids[:len(ref_greedy)] == ref_greedy[:len(ours.token_ids)]
   assert len(ours.token_ids) == 32 or ours.token_ids[-1] == sp.eos_id()
 
