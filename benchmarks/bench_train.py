@@ -4,7 +4,7 @@
         [--family gemma|gemma2|gemma3]
 
 For each config (in the ``--family``'s layer recipe), both sides start from the same weights
-(exported through genrm_jax.hf_convert) and train on the same batch:
+(exported through genrm_jax.convert.keymap) and train on the same batch:
 ``genrm_jax.step.make_train_step`` (LM objective, global-norm clipping, AdamW with the paper's
 schedule, fp32) and the same transformers model's forward + backward + ``clip_grad_norm_`` +
 ``torch.optim.AdamW`` under the same schedule (SDPA attention, eager for Gemma 2, 2 threads).

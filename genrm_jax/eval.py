@@ -59,14 +59,15 @@ from genrm_jax import cli
 from genrm_jax import diagnostics as diag
 from genrm_jax import distributed
 from genrm_jax import files
+from genrm_jax import generate
 from genrm_jax import plots
-from genrm_jax import policy_samples
 from genrm_jax import progress
-from genrm_jax import sampler
 from genrm_jax import scoring
+from genrm_jax import scoring_passes
 from genrm_jax import task_rules
 from genrm_jax import vocab as vocab_lib
 from genrm_jax import word_puzzles
+from genrm_jax.config import SamplerConfig, ScoringConfig
 
 MODEL_FREE = ("pass@1", "pass@n", "self_consistency")
 WEIGHTED_SUFFIX = "+weighted_sc"
@@ -94,7 +95,7 @@ class EvalConfig:
 
 
 cli.register(EvalConfig)
-cli.register(scoring.ScoringConfig)
+cli.register(ScoringConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _fields(method: str) -> tuple[str, ...]:
 
 
 def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
-                opts: scoring.ScoringConfig) -> dict[str, np.ndarray]:
+                opts: ScoringConfig) -> dict[str, np.ndarray]:
   """``Scored`` fields, flat over the candidates of ``pools``, from one verifier on local devices."""
   method = method_names()[spec.method]
   mesh = cli.mesh(ec.mesh, devices=jax.local_devices())
@@ -163,8 +164,9 @@ def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
   index: dict[tuple[str, str], int] = {}
   where = np.array([index.setdefault((c["question"], c["solution"]), len(index)) for c in flat])
   unique = list(index)
-  with progress.Progress(f"scoring with {spec.name}", len(unique), "items",
-                         enabled=distributed.is_main()) as bar, scoring.reporting_to(bar.update):
+  with (progress.Progress(f"scoring with {spec.name}", len(unique), "items",
+                          enabled=distributed.is_main()) as bar,
+        scoring_passes.reporting_to(bar.update)):
     r = verifier.score(method, [q for q, _ in unique], [s for _, s in unique], opts,
                        seed=ec.seed)
   out = {"score": np.asarray(r.scores, np.float64)[where]}
@@ -178,7 +180,7 @@ def score_pools(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
 
 
 def score_shared(spec: VerifierArg, pools: Sequence[cands.Pool], ec: EvalConfig,
-                 opts: scoring.ScoringConfig) -> Scored:
+                 opts: ScoringConfig) -> Scored:
   """Every pool's outputs on every process; process p scores its share ``pools[p::count]``."""
   count = jax.process_count()
   local = score_pools(spec, pools[jax.process_index()::count], ec, opts)
@@ -489,8 +491,8 @@ def _first_vocab(specs: Sequence[VerifierArg]) -> vocab_lib.Vocab | None:
   return None
 
 
-def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateConfig | None = None,
-        scoring_opts: scoring.ScoringConfig | None = None) -> dict | None:
+def run(ec: EvalConfig, sc: SamplerConfig, gc: generate.GenerateConfig | None = None,
+        scoring_opts: ScoringConfig | None = None) -> dict | None:
   """Evaluates (and, with ``ec.policy``, first generates) candidates; writes ``ec.out``.
 
   ``scoring_opts``: how verifiers score (default: ``ScoringConfig`` from gin); the task's
@@ -499,7 +501,7 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateCo
   """
   t0 = time.time()
   task = task_rules.get_task(ec.task)
-  opts = scoring_opts or cli.configure(scoring.ScoringConfig)
+  opts = scoring_opts or cli.configure(ScoringConfig)
   opts = dataclasses.replace(opts, instruction=task.instruction,
                              num_rationales=ec.cot_votes or opts.num_rationales)
   specs = [parse_verifier(v) for v in ec.verifiers]
@@ -518,10 +520,10 @@ def run(ec: EvalConfig, sc: sampler.SamplerConfig, gc: policy_samples.GenerateCo
   with files.atomic_dir(ec.out, overwrite=ec.overwrite) as tmp:
     cand_file = ec.candidates
     if ec.policy:
-      gc = dataclasses.replace(gc or policy_samples.GenerateConfig(), checkpoint=ec.policy,
+      gc = dataclasses.replace(gc or generate.GenerateConfig(), checkpoint=ec.policy,
                                task=ec.task, seed=ec.seed, mesh=ec.mesh)
       cand_file = os.path.join(tmp, "candidates.jsonl")
-      cands.write_candidates(cand_file, policy_samples.generate(gc, sc), require_gold=True)
+      cands.write_candidates(cand_file, generate.generate(gc, sc), require_gold=True)
     pools = cands.read_candidates(cand_file, require_gold=ec.require_gold, checker=task.check)
     scores = read_scores(ec.scores_file, pools) if ec.scores_file else {}
     probes = (probe_pools(pools, ec.task, ec.seed)
@@ -583,12 +585,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                        scores_file=args.scores_file, cot_votes=args.cot_votes, seed=args.seed,
                        require_gold=args.require_gold, overwrite=args.overwrite,
                        policy=args.policy)
-    gc = cli.configure(policy_samples.GenerateConfig, num_samples=args.num_samples,
+    gc = cli.configure(generate.GenerateConfig, num_samples=args.num_samples,
                        num_problems=args.num_problems, split=args.split,
                        data_file=args.data_file)
     if not ec.out:
       cli.fail("--out is required (as a flag or EvalConfig.out)")
-    run(ec, cli.configure(sampler.SamplerConfig), gc)
+    run(ec, cli.configure(SamplerConfig), gc)
 
   return cli.main(run_command)
 

@@ -12,7 +12,8 @@ of their base weight's inputs and outputs and are sharded like it. Here:
   channel); the embedding and norms keep their dtype;
 * ``merge``: base + scale * A B in every targeted slot (the base dequantized first), the plain
   parameters a LoRA model directory loads as (``genrm_jax.checkpoint``);
-* ``peft_tensors`` / ``peft_config``: the Hugging Face PEFT adapter layout (``export_hf --peft``).
+* ``peft_tensors`` / ``peft_config``: the Hugging Face PEFT adapter layout
+  (``convert.export_hf --peft``).
 
 Why not ``qwix.LoraProvider``: it finds a weight by intercepting ``jnp.einsum`` and
 ``lax.dot_general`` inside the module that owns the weight; this model's projections read
@@ -240,11 +241,12 @@ def merge(cfg: ModelConfig, lc: LoraConfig, base: Any, adapters: Any) -> Any:
 def peft_tensors(cfg: ModelConfig, adapters: Any) -> Iterator[tuple[str, np.ndarray]]:
   """(name, float32 array) of every tensor of a Hugging Face PEFT LoRA adapter
   (``adapter_model.safetensors``): lora_A [rank, in] and lora_B [out, rank] of each targeted
-  module, in and out flattened in the order of transformers' weight (``hf_convert``'s key map)."""
-  from genrm_jax import hf_convert  # pylint: disable=g-import-not-at-top
+  module, in and out flattened in the order of transformers' weight (``convert.keymap``'s
+  rows)."""
+  from genrm_jax.convert import keymap  # pylint: disable=g-import-not-at-top
   plain = model_lib.unscan_params(jax.device_get(adapters), cfg)
   modules = {}
-  for row in hf_convert.key_map(cfg):
+  for row in keymap.key_map(cfg):
     module = row.hf.removesuffix(".weight")
     modules[(row.ours.split("/")[0], module.rsplit(".", 1)[-1])] = module
   for path, name, a, b in _adapter_items(plain):

@@ -46,13 +46,12 @@ from genrm_jax import cli
 from genrm_jax import eval as eval_lib
 from genrm_jax import files
 from genrm_jax import formats
-from genrm_jax import policy_samples
+from genrm_jax import generate
 from genrm_jax import records
-from genrm_jax import sampler
-from genrm_jax import scoring
 from genrm_jax import train
 from genrm_jax import vocab as vocab_lib
 from genrm_jax import word_puzzles
+from genrm_jax.config import SamplerConfig, ScoringConfig
 
 @dataclasses.dataclass(frozen=True)
 class VerifierRecipe:
@@ -337,13 +336,13 @@ class Runner:
   def sample(self, split: str, problems: int, samples: int, out: str,
              test_length: int | None = None) -> None:
     pc = self.pc
-    gc = policy_samples.GenerateConfig(
+    gc = generate.GenerateConfig(
         checkpoint=self.path("policy", "model"), task=pc.task, split=split, num_problems=problems,
         num_samples=samples, seed=pc.seed, out=out,
         **({"test_length": test_length or pc.test_length} if split == "test" else
            {"lengths": tuple(pc.verifier_lengths)}))
-    sc = sampler.SamplerConfig(temperature=pc.temperature, max_new_tokens=pc.max_solution_tokens)
-    print(policy_samples.write(gc, sc), flush=True)
+    sc = SamplerConfig(temperature=pc.temperature, max_new_tokens=pc.max_solution_tokens)
+    print(generate.write(gc, sc), flush=True)
 
   def evaluate(self, recipes: Sequence[VerifierRecipe], candidates: str, out: str) -> None:
     pc = self.pc
@@ -351,10 +350,10 @@ class Runner:
         task=pc.task, candidates=candidates, out=out, cot_votes=pc.cot_votes, seed=pc.seed,
         overwrite=True, verifiers=tuple(
             f"{v.name}={self.path('verifiers', v.name, 'model')}:{v.method}" for v in recipes))
-    opts = scoring.ScoringConfig(rationale=sampler.SamplerConfig(
+    opts = ScoringConfig(rationale=SamplerConfig(
         max_new_tokens=pc.max_rationale_tokens, temperature=pc.rationale_temperature,
         stop_strings=(self.rationale_stop(),)))
-    eval_lib.run(ec, sampler.SamplerConfig(), scoring_opts=opts)
+    eval_lib.run(ec, SamplerConfig(), scoring_opts=opts)
 
   def rationale_stop(self) -> str:
     """Where a sampled rationale stops: at the verdict question, which the scorer then feeds. With

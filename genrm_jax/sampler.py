@@ -41,40 +41,10 @@ from genrm_jax import kv_cache
 from genrm_jax import logits as logits_lib
 from genrm_jax import model as model_lib
 from genrm_jax import sharding
-from genrm_jax.config import ModelConfig
+from genrm_jax.config import ModelConfig, SamplerConfig
 
 # Traces (= compilations) per primitive; tests assert that same-bucket calls do not add any.
 TRACES: collections.Counter = collections.Counter()
-
-_POW2 = tuple(2 ** i for i in range(14))
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig:
-  """Static sampling settings; each distinct value compiles its own decode loop."""
-
-  max_new_tokens: int = 256
-  temperature: float = 1.0  # 0 = greedy (argmax)
-  top_k: int = 0  # 0 = no top-k filter
-  top_p: float = 1.0  # 1 = no nucleus filter
-  stop_token_ids: tuple[int, ...] = ()  # besides the vocabulary's EOS, which always stops
-  stop_strings: tuple[str, ...] = ()  # cut from the text (excluded, like EOS)
-  batch_buckets: tuple[int, ...] = _POW2
-  length_buckets: tuple[int, ...] = tuple(b for b in _POW2 if b >= 16)
-
-  def __post_init__(self):
-    if self.max_new_tokens < 1:
-      raise ValueError(f"SamplerConfig.max_new_tokens={self.max_new_tokens}; must be >= 1")
-    if self.temperature < 0:
-      raise ValueError(f"SamplerConfig.temperature={self.temperature}; must be >= 0")
-    if self.top_k < 0:
-      raise ValueError(f"SamplerConfig.top_k={self.top_k}; must be >= 0")
-    if not 0 < self.top_p <= 1:
-      raise ValueError(f"SamplerConfig.top_p={self.top_p}; must be in (0, 1]")
-    for name in ("batch_buckets", "length_buckets"):
-      b = getattr(self, name)
-      if not b or list(b) != sorted(set(b)) or b[0] < 1:
-        raise ValueError(f"SamplerConfig.{name}={b}; must be increasing positive integers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,7 +344,7 @@ def empty_prefix(cfg: ModelConfig, rows: int = 1, mesh=None) -> Prefix:
 def extend(cfg: ModelConfig, params, prefix: Prefix | None, parent: Sequence[int],
            seqs: Sequence[Sequence[int]], *, read_ids: Sequence[int] = (0,),
            token_logprobs: bool = False, mesh=None,
-           batch_buckets: Sequence[int] = _POW2,
+           batch_buckets: Sequence[int] = SamplerConfig.batch_buckets,
            length_buckets: Sequence[int] = SamplerConfig.length_buckets,
            ) -> tuple[Prefix, dict[str, np.ndarray]]:
   """Row i continues row ``parent[i]`` of ``prefix`` (None: an empty cache) with ``seqs[i]``.

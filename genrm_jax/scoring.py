@@ -19,9 +19,8 @@ import dataclasses
 from typing import Any, Sequence
 
 from genrm_jax import checkpoint, objectives, sampler
-from genrm_jax.config import ModelConfig
-# Scoring's public face: its config, its result and its progress reports live with the passes.
-from genrm_jax.scoring_passes import ScoreResult, ScoringConfig, reporting_to  # noqa: F401
+from genrm_jax.config import ModelConfig, ScoringConfig
+from genrm_jax.scoring_passes import ScoreResult
 
 
 def methods() -> dict[str, tuple[objectives.Objective, objectives.Method]]:

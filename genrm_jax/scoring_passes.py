@@ -1,4 +1,4 @@
-"""The model passes every verifier score is read from, and how scoring is configured.
+"""The model passes every verifier score is read from, as ``config.ScoringConfig`` configures them.
 
 Each objective's scoring methods (``genrm_jax.objectives``; ``genrm_jax.scoring`` picks one by
 name) are built from these. Sequences are tokenized as the training pipeline builds them
@@ -26,25 +26,7 @@ from typing import Callable, Hashable, Iterator, Sequence
 import numpy as np
 
 from genrm_jax import formats, sampler
-
-SCORE_KINDS = ("p_yes", "normalized")
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoringConfig:
-  instruction: str = formats.GSM8K_INSTRUCTION
-  score: str = "p_yes"  # or "normalized": p(Yes) / (p(Yes) + p(No))
-  num_rationales: int = 32  # K, for the CoT methods
-  rationale: sampler.SamplerConfig = sampler.SamplerConfig(
-      max_new_tokens=512, temperature=0.7, stop_strings=(formats.VERDICT_PREFIX,))
-  share_prefix: bool = True
-  max_rows: int = 64  # rows per forward / decode batch (CoT: solutions x K)
-
-  def __post_init__(self):
-    if self.score not in SCORE_KINDS:
-      raise ValueError(f"ScoringConfig.score={self.score!r}; expected one of {SCORE_KINDS}")
-    if self.num_rationales < 1 or self.max_rows < 1:
-      raise ValueError("ScoringConfig: num_rationales and max_rows must be >= 1")
+from genrm_jax.config import ScoringConfig
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """How each task phrases its prompts and judges final answers: GSM8K and the algorithmic tasks.
 
-Sampling (``candidates.sample``), scoring (``eval``, ``serve``) and the checks of a candidates file
+Sampling (``generate.generate``), scoring (``eval``, ``serve``) and the checks of a candidates file
 agree on an answer only through these rules.
 """
 

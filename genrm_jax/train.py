@@ -195,7 +195,7 @@ def lora_base(exp: Experiment, setup: step_lib.TrainSetup) -> tuple[Any, dict[st
   if kind != "genrm" or not path:
     raise ValueError(f"TrainConfig.init_from = {exp.train.init_from!r}: LoRA (LoraConfig.rank = "
                      f"{exp.lora.rank}) trains adapters on a model directory, 'genrm:DIR'; "
-                     "import a checkpoint first (python -m genrm_jax.import_hf)")
+                     "import a checkpoint first (python -m genrm_jax.convert.import_model)")
   if exp.train.add_layers:
     raise ValueError(f"TrainConfig.add_layers = {exp.train.add_layers}: new layers have no "
                      "base weights to adapt; LoRA needs add_layers = 0")
@@ -233,15 +233,15 @@ def _starting_point(exp: Experiment, cfg: config_lib.ModelConfig, mesh) -> tuple
         src, mesh, cfg_overrides={k: getattr(cfg, k) for k in config_lib.RUNTIME_FIELDS})
     _check_compatible(stored.replace(scan_layers=cfg.scan_layers), cfg, f"model directory {src}")
     return params, checkpoint.tokenizer_path(src)
-  from genrm_jax import import_hf  # pylint: disable=g-import-not-at-top
+  from genrm_jax.convert import import_model  # pylint: disable=g-import-not-at-top
   if kind == "hf":
-    stored, params = import_hf.load_hf(path, mesh)
+    stored, params = import_model.load_hf(path, mesh)
     _check_compatible(stored, cfg.replace(scan_layers=False), f"HF folder {path}")
     tok = os.path.join(path, "tokenizer.model")
     params = model_lib.scan_params(params, cfg)
     return params, tok if os.path.exists(tok) else None
   if kind == "gemma":
-    params = model_lib.scan_params(import_hf.load_official(path, cfg.replace(scan_layers=False)),
+    params = model_lib.scan_params(import_model.load_official(path, cfg.replace(scan_layers=False)),
                                    cfg)
     return jax.device_put(params, model_lib.param_shardings(cfg, mesh)), None
   raise ValueError(f"TrainConfig.init_from={exp.train.init_from!r}: expected scratch, hf:DIR, "

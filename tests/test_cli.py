@@ -123,9 +123,9 @@ COMMANDS = [
     (["genrm_jax.eval", "--task", "gsm8k", "--candidates", "{cands}", "--out", "{tmp}/o",
       "--verifier", "x=/nonexistent/v:direct"],
      "verifier x /nonexistent/v: the directory does not exist"),
-    (["genrm_jax.import_hf", "--hf_dir", "/nonexistent/hf", "--out", "{tmp}/m"],
+    (["genrm_jax.convert.import_model", "--hf_dir", "/nonexistent/hf", "--out", "{tmp}/m"],
      "/nonexistent/hf"),
-    (["genrm_jax.export_hf", "--checkpoint", "/nonexistent/m", "--out", "{tmp}/hf"],
+    (["genrm_jax.convert.export_hf", "--checkpoint", "/nonexistent/m", "--out", "{tmp}/hf"],
      "model directory /nonexistent/m does not exist"),
     (["genrm_jax.generate", "--checkpoint", "/nonexistent/p", "--task", "last_letters",
       "--num_problems", "1", "--out", "{tmp}/c.jsonl"],
@@ -140,7 +140,8 @@ COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("argv,message", COMMANDS, ids=[c[0][0].split(".")[1] for c in COMMANDS])
+@pytest.mark.parametrize("argv,message", COMMANDS,
+                         ids=[c[0][0].removeprefix("genrm_jax.") for c in COMMANDS])
 def test_every_command_fails_with_one_error_line(tmp_path, argv, message):
   cands = tmp_path / "c.jsonl"
   cands.write_text('{"question_id": 1, "question": "q", "solution": "s", "correct": true, '

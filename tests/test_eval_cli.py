@@ -19,7 +19,6 @@ from genrm_jax import best_of_n as ev
 from genrm_jax import candidates as cands
 from genrm_jax import eval as eval_cli
 from genrm_jax import generate
-from genrm_jax import policy_samples
 from genrm_jax import task_rules
 from genrm_jax import vocab as vocab_lib
 
@@ -335,8 +334,8 @@ def test_gsm8k_problems_and_answer_checks(tmp_path):
   src = tmp_path / "g.jsonl"
   src.write_text(json.dumps({"question": "How many?", "answer": "2 + 2 = <<2+2=4>>4\n#### 1,000"})
                  + "\n")
-  probs = policy_samples.load_problems(
-      policy_samples.GenerateConfig(task="gsm8k", data_file=str(src)))
+  probs = generate.load_problems(
+      generate.GenerateConfig(task="gsm8k", data_file=str(src)))
   assert probs == [{"question_id": "test-0", "question": "How many?", "gold_answer": "1000"}]
   task = task_rules.get_task("gsm8k")
   assert task.extract("So 1,000 in all. The answer is $1,000.") == "1000"
@@ -346,7 +345,7 @@ def test_gsm8k_problems_and_answer_checks(tmp_path):
   assert words.extract("1 a\nThe answer is  apple  fig.") == "apple fig"
   assert words.check("apple fig", "apple  fig")
   with pytest.raises(ValueError, match="--data_file"):
-    policy_samples.load_problems(policy_samples.GenerateConfig(task="gsm8k"))
+    generate.load_problems(generate.GenerateConfig(task="gsm8k"))
 
 
 def test_eval_with_tiny_random_verifiers(tmp_path):
@@ -404,7 +403,7 @@ def test_eval_with_tiny_random_verifiers(tmp_path):
   # Each saved score belongs to its own candidate: recompute a pool's direct scores here.
   cfg, params, _, v = checkpoint.load_model_and_vocab(verifier)
   pool = pools[1]
-  opts = scoring.ScoringConfig(instruction=word_puzzles.INSTRUCTIONS["last_letters"])
+  opts = config.ScoringConfig(instruction=word_puzzles.INSTRUCTIONS["last_letters"])
   want = scoring.score("genrm", cfg, params, v, [c["question"] for c in pool.candidates],
                        [c["solution"] for c in pool.candidates], opts).scores
   saved = {(r["question_id"], r["candidate_id"]): r["scores"]
@@ -434,8 +433,8 @@ def test_repeated_solutions_are_scored_once(monkeypatch):
                                             for i, s in enumerate(sols))),
            cands.Pool("q1", "b", "b", ({"candidate_id": 0, "question": "b", "solution": sols[0]},))]
   spec = eval_cli.VerifierArg("cot", "unused", "cot")
-  opts = scoring.ScoringConfig(instruction=task_rules.get_task("last_letters").instruction,
-                               num_rationales=2)
+  opts = config.ScoringConfig(instruction=task_rules.get_task("last_letters").instruction,
+                              num_rationales=2)
   out = eval_cli.score_pools(spec, pools, eval_cli.EvalConfig(cot_votes=2), opts)
   # Same solution under another question is another item; the repeat inside q0 is not.
   assert seen == [[("a", sols[0]), ("a", sols[1]), ("b", sols[0])]]

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from genrm_jax import checkpoint, config, export_hf, hf_convert, lora, model, objectives, optim
+from genrm_jax import checkpoint, config, lora, model, objectives, optim
 from genrm_jax import sharding, step, synthetic, train
+from genrm_jax.convert import export_hf, keymap
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=48, num_layers=2, embed_dim=32, hidden_dim=64, num_heads=2,
@@ -86,8 +87,8 @@ def test_merge_is_base_plus_scale_b_a_in_the_transformers_layout(family):
   cfg = FAMILIES[family]
   params = model.init_params(cfg, jax.random.key(0))
   adapters = _trained(lora.init_adapters(cfg, LC, jax.random.key(1)))
-  base = dict(hf_convert.hf_tensors(cfg, params))
-  merged = dict(hf_convert.hf_tensors(cfg, lora.merge(cfg, LC, params, adapters)))
+  base = dict(keymap.hf_tensors(cfg, params))
+  merged = dict(keymap.hf_tensors(cfg, lora.merge(cfg, LC, params, adapters)))
   peft = dict(lora.peft_tensors(cfg, adapters))
   assert len(peft) == 2 * 7 * cfg.num_layers
   for name, w in base.items():
@@ -156,7 +157,7 @@ def test_a_changed_or_missing_base_is_one_error_naming_it(lora_dirs, tmp_path):
   with pytest.raises(ValueError, match=f"its base model directory {copy_base} has changed"):
     checkpoint.load_model_dir(copy)
   shutil.rmtree(copy_base)
-  r = subprocess.run([sys.executable, "-m", "genrm_jax.export_hf", "--checkpoint", copy,
+  r = subprocess.run([sys.executable, "-m", "genrm_jax.convert.export_hf", "--checkpoint", copy,
                       "--out", str(tmp_path / "hf")], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode == 2 and not (tmp_path / "hf").exists()
   assert r.stderr.strip().splitlines() == [
@@ -326,7 +327,8 @@ def test_a_lora_model_directory_scores_through_eval_and_serve(tmp_path):
   are those of the merged model."""
   from genrm_jax import candidates as cands  # pylint: disable=g-import-not-at-top
   from genrm_jax import eval as eval_cli  # pylint: disable=g-import-not-at-top
-  from genrm_jax import scoring, serve, serve_batcher  # pylint: disable=g-import-not-at-top
+  from genrm_jax import scoring  # pylint: disable=g-import-not-at-top
+  from genrm_jax.serve import batcher, server  # pylint: disable=g-import-not-at-top
   from genrm_jax import task_rules, word_puzzles  # pylint: disable=g-import-not-at-top
   from genrm_jax import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   vocab = vocab_lib.train_char_vocab(word_puzzles.texts_for_vocab("last_letters", count=5),
@@ -350,12 +352,12 @@ def test_a_lora_model_directory_scores_through_eval_and_serve(tmp_path):
                  "--verifier", f"gen={adapted}:direct"])
   saved = [json.loads(line)["scores"]["gen"] for line in open(tmp_path / "eval" / "scores.jsonl")]
   items = [(c["question"], c["solution"]) for p in pools for c in p.candidates]
-  opts = scoring.ScoringConfig(instruction=word_puzzles.INSTRUCTIONS["last_letters"])
+  opts = config.ScoringConfig(instruction=word_puzzles.INSTRUCTIONS["last_letters"])
   want = scoring.score("genrm", cfg, lora.merge(cfg, LC, params, adapters), vocab,
                        [q for q, _ in items], [s for _, s in items], opts).scores
   np.testing.assert_allclose(saved, want, rtol=1e-5)
-  scorer = serve.ModelScorer(serve.ServeConfig(model=adapted, task="last_letters"))
-  served, _ = scorer.score(serve_batcher.Kind("genrm", 1), items)
+  scorer = server.ModelScorer(server.ServeConfig(model=adapted, task="last_letters"))
+  served, _ = scorer.score(batcher.Kind("genrm", 1), items)
   np.testing.assert_allclose([e["score"] for e in served], want, rtol=1e-5)
 
 

@@ -301,8 +301,8 @@ def test_a_registered_objective_trains_on_a_task_and_scores(weighted_lm, tmp_pat
   assert method == "weighted_genrm"
   verifier = scoring.load_verifier(result.model_dir, method)
   questions, solutions = [c["question"] for c in cands], [c["solution"] for c in cands]
-  got = verifier.score(method, questions, solutions, scoring.ScoringConfig(instruction=""))
+  got = verifier.score(method, questions, solutions, config.ScoringConfig(instruction=""))
   want = scoring.score("genrm", verifier.cfg, verifier.params, verifier.vocab, questions,
-                       solutions, scoring.ScoringConfig(instruction=""))
+                       solutions, config.ScoringConfig(instruction=""))
   np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
   assert np.all((got.scores > 0) & (got.scores < 1))

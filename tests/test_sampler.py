@@ -9,10 +9,11 @@ import pytest
 from genrm_jax import kv_cache
 from genrm_jax import model as model_lib
 from genrm_jax import sampler, sharding, vocab as vocab_lib
+from genrm_jax.config import SamplerConfig
 from tests import tiny_lm
 
 PROMPTS = [[2, 5, 6, 7], [2, 8, 9, 10, 11, 12, 13, 14, 15, 16], [2]]
-SAMPLED = sampler.SamplerConfig(10, temperature=1.0, top_k=20, top_p=0.95)
+SAMPLED = SamplerConfig(10, temperature=1.0, top_k=20, top_p=0.95)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_greedy_equals_full_forward_left_padded_batch(lm, family):
                           gemma3=family == "gemma3")
   params = tiny_lm.lively_params(cfg, seed=1)
   stop = 1
-  sc = sampler.SamplerConfig(max_new_tokens=14, temperature=0.0)
+  sc = SamplerConfig(max_new_tokens=14, temperature=0.0)
   comps, _ = _decode_ids(cfg, params, PROMPTS, sc)
   for prompt, c in zip(PROMPTS, comps):
     ref = tiny_lm.greedy_reference(cfg, params, prompt, 14, stop_ids=(stop,))
@@ -76,7 +77,7 @@ def test_gemma3_extensions_with_padding_gaps_equal_full_forward(lm):
       np.testing.assert_allclose(lp, want, atol=2e-4)
   slots = lambda name: {b.shape[-1] for b in jax.tree.leaves(prefix.cache[name])}  # noqa: E731
   assert slots("k_local") == {5} and min(slots("k")) > 5
-  sc = sampler.SamplerConfig(max_new_tokens=8, temperature=0.0)
+  sc = SamplerConfig(max_new_tokens=8, temperature=0.0)
   comps = sampler.decode(cfg, params, prefix, [2, 0, 1], tiny_lm.char_codec(eos_id=-1), sc, 0)
   for r, c in zip([2, 0, 1], comps):
     assert c.token_ids == tiny_lm.greedy_reference(cfg, params, sum(blocks[r], []), 8)
@@ -84,8 +85,8 @@ def test_gemma3_extensions_with_padding_gaps_equal_full_forward(lm):
 
 def test_top_k_1_equals_greedy(lm):
   cfg, params = lm
-  greedy, _ = _decode_ids(cfg, params, PROMPTS, sampler.SamplerConfig(14, temperature=0.0))
-  got, _ = _decode_ids(cfg, params, PROMPTS, sampler.SamplerConfig(14, temperature=1.5, top_k=1),
+  greedy, _ = _decode_ids(cfg, params, PROMPTS, SamplerConfig(14, temperature=0.0))
+  got, _ = _decode_ids(cfg, params, PROMPTS, SamplerConfig(14, temperature=1.5, top_k=1),
                        seed=3)
   assert [c.token_ids for c in got] == [c.token_ids for c in greedy]
 
@@ -148,13 +149,13 @@ def test_stop_token_and_stop_string(lm):
   ref = tiny_lm.greedy_reference(cfg, params, PROMPTS[1], 12)
   assert 1 not in ref and len(set(ref[:6])) > 2, ref  # the test needs a varied greedy path
   k = next(i for i in range(1, 12) if ref[i] not in ref[:i])
-  sc = sampler.SamplerConfig(12, temperature=0.0, stop_token_ids=(ref[k],))
+  sc = SamplerConfig(12, temperature=0.0, stop_token_ids=(ref[k],))
   (c,), _ = _decode_ids(cfg, params, PROMPTS, sc, codec=codec, rows=[1])
   assert c.token_ids == ref[:k + 1] and c.finish_reason == "stop"
   assert c.text == codec.decode(ref[:k])
   # A two-token stop string: the loop stops right after it, and the text ends before it.
   j = next(i for i in range(2, 11) if codec.decode(ref[i:i + 2]) not in codec.decode(ref[:i + 1]))
-  sc = sampler.SamplerConfig(12, temperature=0.0, stop_strings=(codec.decode(ref[j:j + 2]),))
+  sc = SamplerConfig(12, temperature=0.0, stop_strings=(codec.decode(ref[j:j + 2]),))
   (c,), _ = _decode_ids(cfg, params, PROMPTS, sc, codec=codec, rows=[1])
   assert c.token_ids == ref[:j + 2] and c.finish_reason == "stop"
   assert c.text == codec.decode(ref[:j])
@@ -164,7 +165,7 @@ def test_decode_prefix_and_rewind_equal_full_forwards(lm):
   """The cache decode returns continues each row's completion; a rewound row forgets its tail."""
   cfg, params = lm
   codec = tiny_lm.char_codec(eos_id=1)
-  sc = sampler.SamplerConfig(9, temperature=1.0, stop_token_ids=(5, 7))
+  sc = SamplerConfig(9, temperature=1.0, stop_token_ids=(5, 7))
   prefix, _ = sampler.extend(cfg, params, None, [0] * 3, PROMPTS)
   parent = [0, 1, 2, 1]
   comps, dec = sampler.decode(cfg, params, prefix, parent, codec, sc, seed=3, return_prefix=True)
@@ -194,7 +195,7 @@ def test_samples_of_a_prompt_read_its_cache_shared(lm, scan):
     cfg = cfg.replace(scan_layers=True)
     params = model_lib.scan_params(params, cfg)
   codec = tiny_lm.char_codec(eos_id=1)
-  sc = sampler.SamplerConfig(9, temperature=1.0, stop_token_ids=(5, 7))
+  sc = SamplerConfig(9, temperature=1.0, stop_token_ids=(5, 7))
   prefix, _ = sampler.extend(cfg, params, None, [0] * 3, PROMPTS)  # 4 cache rows, 1 padding
   parent = np.repeat(np.arange(3), 3).tolist()
   assert sampler._shared_reps(prefix, parent) == 3
@@ -232,7 +233,7 @@ def test_local_layers_never_read_a_shared_cache(lm):
 
 def test_text_api_one_compile_per_bucket(lm, vocab):
   cfg, params = lm
-  sc = sampler.SamplerConfig(max_new_tokens=9, temperature=0.8, top_k=20, top_p=0.95)
+  sc = SamplerConfig(max_new_tokens=9, temperature=0.8, top_k=20, top_p=0.95)
   out = sampler.sample(cfg, params, vocab, ["the cat", "a mat on"], sc, seed=1, num_samples=2)
   assert [len(x) for x in out] == [2, 2]
   for c in (c for cs in out for c in cs):

@@ -8,6 +8,7 @@ import pytest
 
 from genrm_jax import formats, model, sampler, scoring, scoring_passes, sharding
 from genrm_jax import vocab as vocab_lib
+from genrm_jax.config import SamplerConfig, ScoringConfig
 from tests import tiny_lm
 
 INSTRUCTION = "Check.\n"
@@ -39,10 +40,10 @@ def test_direct_p_yes_equals_numpy_softmax_shared_or_not(lm):
   yes, no = vocab_lib.verdict_token_ids(vocab)
   codec = sampler.as_codec(vocab)
   shared = scoring.score("genrm", cfg, params, vocab, QUESTIONS, SOLUTIONS,
-                         scoring.ScoringConfig(instruction=INSTRUCTION))
+                         ScoringConfig(instruction=INSTRUCTION))
   plain = scoring.score("llm_judge", cfg, params, vocab, QUESTIONS, SOLUTIONS,
-                        scoring.ScoringConfig(instruction=INSTRUCTION, share_prefix=False,
-                                              score="normalized", max_rows=2))
+                        ScoringConfig(instruction=INSTRUCTION, share_prefix=False,
+                                      score="normalized", max_rows=2))
   for i, (q, s) in enumerate(zip(QUESTIONS, SOLUTIONS)):
     seq = codec.prompt_ids(formats.direct_prompt(q, s, INSTRUCTION))
     assert seq[0] == vocab.bos_id
@@ -58,13 +59,13 @@ def test_cot_score_is_mean_over_rationales_and_prefix_reuse_is_exact(lm):
   cfg, params, vocab = lm
   yes, _ = vocab_lib.verdict_token_ids(vocab)
   codec = sampler.as_codec(vocab)
-  rationale = sampler.SamplerConfig(max_new_tokens=12, temperature=1.0,
-                                    stop_strings=(formats.VERDICT_QUESTION, "."))
-  opts = scoring.ScoringConfig(instruction=INSTRUCTION, num_rationales=3, rationale=rationale,
-                               max_rows=16)
+  rationale = SamplerConfig(max_new_tokens=12, temperature=1.0,
+                            stop_strings=(formats.VERDICT_QUESTION, "."))
+  opts = ScoringConfig(instruction=INSTRUCTION, num_rationales=3, rationale=rationale,
+                       max_rows=16)
   shared = scoring.score("genrm_cot", cfg, params, vocab, QUESTIONS, SOLUTIONS, opts, seed=4)
   plain = scoring.score("genrm_cot", cfg, params, vocab, QUESTIONS, SOLUTIONS,
-                        scoring.ScoringConfig(**{**opts.__dict__, "share_prefix": False}), seed=4)
+                        ScoringConfig(**{**opts.__dict__, "share_prefix": False}), seed=4)
   assert shared.rationales == plain.rationales
   np.testing.assert_allclose(shared.rationale_p_yes, plain.rationale_p_yes, rtol=1e-4)
   for i, (q, s) in enumerate(zip(QUESTIONS, SOLUTIONS)):
@@ -81,7 +82,7 @@ def test_cot_score_is_mean_over_rationales_and_prefix_reuse_is_exact(lm):
 def test_dpo_and_disc_scores_equal_brute_force(lm):
   cfg, params, vocab = lm
   codec = sampler.as_codec(vocab)
-  opts = scoring.ScoringConfig(instruction=INSTRUCTION)
+  opts = ScoringConfig(instruction=INSTRUCTION)
   dpo = scoring.score("dpo", cfg, params, vocab, QUESTIONS, SOLUTIONS, opts)
   head = {"w": np.asarray(jax.random.normal(jax.random.key(1), (cfg.embed_dim,))),
           "b": np.float32(0.3)}
@@ -104,7 +105,7 @@ def test_sharded_direct_scores_equal_single_device(lm):
   cfg, params, vocab = lm
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
   sharded = jax.device_put(params, model.param_shardings(cfg, mesh))
-  opts = scoring.ScoringConfig(instruction=INSTRUCTION)
+  opts = ScoringConfig(instruction=INSTRUCTION)
   one = scoring.score("genrm", cfg, params, vocab, QUESTIONS, SOLUTIONS, opts)
   many = scoring.score("genrm", cfg, sharded, vocab, QUESTIONS, SOLUTIONS, opts, mesh=mesh)
   np.testing.assert_allclose(many.scores, one.scores, rtol=1e-4)
@@ -113,13 +114,13 @@ def test_sharded_direct_scores_equal_single_device(lm):
 def test_cot_scores_do_not_depend_on_the_batch(lm):
   """An item's rationales come from (seed, prompt, k): alone, reordered or chunked, the same."""
   cfg, params, vocab = lm
-  rationale = sampler.SamplerConfig(max_new_tokens=8, temperature=1.0)
-  opts = scoring.ScoringConfig(instruction=INSTRUCTION, num_rationales=2, rationale=rationale)
+  rationale = SamplerConfig(max_new_tokens=8, temperature=1.0)
+  opts = ScoringConfig(instruction=INSTRUCTION, num_rationales=2, rationale=rationale)
   full = scoring.score("genrm_cot", cfg, params, vocab, QUESTIONS, SOLUTIONS, opts, seed=3)
   order = [4, 1, 3, 0, 2]
   shuffled = scoring.score("genrm_cot", cfg, params, vocab, [QUESTIONS[i] for i in order],
                            [SOLUTIONS[i] for i in order],
-                           scoring.ScoringConfig(**{**opts.__dict__, "max_rows": 2}), seed=3)
+                           ScoringConfig(**{**opts.__dict__, "max_rows": 2}), seed=3)
   alone = scoring.score("genrm_cot", cfg, params, vocab, QUESTIONS[2:3], SOLUTIONS[2:3], opts,
                         seed=3)
   assert [shuffled.rationales[order.index(i)] for i in range(5)] == full.rationales
@@ -132,8 +133,8 @@ def test_cot_scores_do_not_depend_on_the_batch(lm):
 def test_context_needed_counts_each_methods_tokens(lm):
   _, _, vocab = lm
   codec = sampler.as_codec(vocab)
-  opts = scoring.ScoringConfig(instruction=INSTRUCTION,
-                               rationale=sampler.SamplerConfig(max_new_tokens=9))
+  opts = ScoringConfig(instruction=INSTRUCTION,
+                       rationale=SamplerConfig(max_new_tokens=9))
   q, s = QUESTIONS[0], SOLUTIONS[0]
   direct = len(codec.prompt_ids(formats.direct_prompt(q, s, INSTRUCTION)))
   assert scoring.context_needed("genrm", vocab, q, s, opts) == direct
@@ -151,7 +152,7 @@ def test_context_needed_counts_each_methods_tokens(lm):
 def test_scoring_reports_progress_per_chunk():
   """``reporting_to`` hears of every item once, a chunk at a time, and nothing outside it."""
   got = []
-  with scoring.reporting_to(got.append):
+  with scoring_passes.reporting_to(got.append):
     chunks = list(scoring_passes.chunks(["a", "b", "a", "c", "b"], 2, 4))
   assert chunks == [[0, 2], [1, 4], [3]] and got == [2, 2, 1]
   list(scoring_passes.chunks(["a"], 1, 4))

@@ -73,11 +73,11 @@ def test_param_shardings_cover_every_parameter(mesh):
 
 def test_hf_import_streams_into_shards(mesh, tmp_path):
   """A HF folder loads tensor by tensor straight into the 2x4 mesh, to the same values."""
-  from genrm_jax import export_hf, import_hf  # pylint: disable=g-import-not-at-top
+  from genrm_jax.convert import export_hf, import_model  # pylint: disable=g-import-not-at-top
   cfg = _cfg()
   params = model_lib.init_params(cfg, jax.random.key(1))
   export_hf.write_hf_dir(cfg, params, str(tmp_path / "hf"), max_shard_bytes=20_000)
-  got_cfg, got = import_hf.load_hf(str(tmp_path / "hf"), mesh=mesh)
+  got_cfg, got = import_model.load_hf(str(tmp_path / "hf"), mesh=mesh)
   assert got_cfg == cfg
   want = model_lib.param_shardings(cfg, mesh)
   jax.tree.map(lambda a, s: np.testing.assert_equal(a.sharding.spec, s.spec), got, want)

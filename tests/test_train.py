@@ -105,7 +105,8 @@ def test_sharded_run_matches_single_device(tmp_path):
 def test_starting_points_load_the_given_parameters(tmp_path, kind):
   """A 0-step run from each kind of starting point writes back exactly the parameters it read."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from genrm_jax import export_hf, model  # pylint: disable=g-import-not-at-top
+  from genrm_jax import model  # pylint: disable=g-import-not-at-top
+  from genrm_jax.convert import export_hf  # pylint: disable=g-import-not-at-top
   exp = _exp("lm", steps=0)
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(0, 0.5, s.shape).astype(np.float32),

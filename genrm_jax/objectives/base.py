@@ -25,11 +25,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from genrm_jax import logits as logits_lib
 from genrm_jax import model as model_lib
-from genrm_jax.config import ModelConfig
+from genrm_jax.config import ModelConfig, ScoringConfig
 from genrm_jax.objectives import rows
 
 if TYPE_CHECKING:
-  from genrm_jax.scoring_passes import ScoreResult, ScoringConfig
+  from genrm_jax.scoring_passes import ScoreResult
 
 REGISTRY: dict[str, Objective] = {}
 

@@ -30,7 +30,7 @@ from genrm_jax import logits as logits_lib
 from genrm_jax import model as model_lib
 from genrm_jax import records, sampler
 from genrm_jax import scoring_passes as passes
-from genrm_jax.config import ModelConfig
+from genrm_jax.config import ModelConfig, ScoringConfig
 from genrm_jax.objectives import base, rows
 
 _META_KEY = "disc_head"
@@ -67,7 +67,7 @@ def _ids(codec: sampler.Codec, question: str, solution: str, instruction: str) -
 
 
 def _score(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
-           solutions: Sequence[str], opts: passes.ScoringConfig, *, seed: int, mesh,
+           solutions: Sequence[str], opts: ScoringConfig, *, seed: int, mesh,
            head: dict | None = None) -> passes.ScoreResult:
   """The head's logit at the solution's last token."""
   del seed
@@ -85,7 +85,7 @@ def _score(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   return passes.ScoreResult(scores, tokens=sum(map(len, seqs)))
 
 
-def _context(codec, question: str, solution: str, opts: passes.ScoringConfig) -> int:
+def _context(codec, question: str, solution: str, opts: ScoringConfig) -> int:
   return len(_ids(codec, question, solution, opts.instruction))
 
 

@@ -18,7 +18,7 @@ from genrm_jax import formats
 from genrm_jax import model as model_lib
 from genrm_jax import sampler
 from genrm_jax import scoring_passes as passes
-from genrm_jax.config import ModelConfig
+from genrm_jax.config import ModelConfig, ScoringConfig
 from genrm_jax.objectives import base, rows
 
 _SIDES = ("chosen", "rejected")
@@ -48,7 +48,7 @@ def _ids(codec, question: str, solution: str, instruction: str):
 
 
 def _score(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
-           solutions: Sequence[str], opts: passes.ScoringConfig, *, seed: int, mesh
+           solutions: Sequence[str], opts: ScoringConfig, *, seed: int, mesh
            ) -> passes.ScoreResult:
   """log pi(y | x): the solution as DPO trains it (``records.dpo_pairs``: stripped, then EOS)."""
   del seed
@@ -70,7 +70,7 @@ def _score(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
   return passes.ScoreResult(scores, tokens=sum(map(len, seqs)))
 
 
-def _context(codec, question: str, solution: str, opts: passes.ScoringConfig) -> int:
+def _context(codec, question: str, solution: str, opts: ScoringConfig) -> int:
   return sum(map(len, _ids(codec, question, solution, opts.instruction)))
 
 

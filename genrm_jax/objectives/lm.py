@@ -26,7 +26,7 @@ import numpy as np
 from genrm_jax import formats, sampler
 from genrm_jax import scoring_passes as passes
 from genrm_jax import vocab as vocab_lib
-from genrm_jax.config import ModelConfig
+from genrm_jax.config import ModelConfig, ScoringConfig
 from genrm_jax.objectives import base, rows
 
 
@@ -39,7 +39,7 @@ def yes_probability(logits_at_verdict: jax.Array, yes_id: int) -> jax.Array:
 
 
 def _direct(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
-            solutions: Sequence[str], opts: passes.ScoringConfig, *, seed: int, mesh
+            solutions: Sequence[str], opts: ScoringConfig, *, seed: int, mesh
             ) -> passes.ScoreResult:
   """p(" Yes") after the verdict question, one forward pass per solution."""
   del seed
@@ -52,7 +52,7 @@ def _direct(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
 
 
 def _cot(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
-         solutions: Sequence[str], opts: passes.ScoringConfig, *, seed: int, mesh
+         solutions: Sequence[str], opts: ScoringConfig, *, seed: int, mesh
          ) -> passes.ScoreResult:
   """The mean over K sampled rationales of p(" Yes") after each."""
   codec = sampler.as_codec(vocab)
@@ -65,11 +65,11 @@ def _cot(cfg: ModelConfig, params, vocab: Any, questions: Sequence[str],
                             p_yes, per, generated, tokens)
 
 
-def _direct_context(codec, question: str, solution: str, opts: passes.ScoringConfig) -> int:
+def _direct_context(codec, question: str, solution: str, opts: ScoringConfig) -> int:
   return len(codec.prompt_ids(formats.direct_prompt(question, solution, opts.instruction)))
 
 
-def _cot_context(codec, question: str, solution: str, opts: passes.ScoringConfig) -> int:
+def _cot_context(codec, question: str, solution: str, opts: ScoringConfig) -> int:
   """The prompt, the longest rationale and the verdict question appended after it."""
   return (len(codec.prompt_ids(formats.cot_prompt(question, solution, opts.instruction)))
           + opts.rationale.max_new_tokens + len(codec.encode("\n" + formats.VERDICT_QUESTION)))

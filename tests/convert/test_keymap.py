@@ -22,7 +22,8 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from genrm_jax import checkpoint, export_hf, hf_convert, import_hf  # noqa: E402
+from genrm_jax import checkpoint  # noqa: E402
+from genrm_jax.convert import export_hf, import_model, keymap  # noqa: E402
 from genrm_jax import model as model_lib  # noqa: E402
 from tests import tiny_lm  # noqa: E402
 
@@ -107,7 +108,7 @@ def test_logits_match_transformers_and_round_trip(name, tmp_path, sp_tokenizer):
   ref = hf_logits(model, tokens)
   model.save_pretrained(tmp_path / "hf")
 
-  ours_dir = import_hf.import_hf(str(tmp_path / "hf"), str(tmp_path / "ours"),
+  ours_dir = import_model.import_hf(str(tmp_path / "hf"), str(tmp_path / "ours"),
                                  tokenizer=sp_tokenizer)
   cfg, params, _ = checkpoint.load_model_dir(ours_dir)
   assert cfg.family == name.split("_")[0]
@@ -122,7 +123,7 @@ def test_logits_match_transformers_and_round_trip(name, tmp_path, sp_tokenizer):
   assert rel_err(hf_logits(reloaded.float().eval(), tokens), ref) <= 1e-5
 
   # Import -> export -> import: bit-identical parameters.
-  import_hf.import_hf(str(tmp_path / "hf2"), str(tmp_path / "ours2"))
+  import_model.import_hf(str(tmp_path / "hf2"), str(tmp_path / "ours2"))
   _, params2, _ = checkpoint.load_model_dir(str(tmp_path / "ours2"))
   a, b = _leaves(params), _leaves(params2)
   assert a.keys() == b.keys()
@@ -159,7 +160,7 @@ def test_gemma3_multimodal_text_tower(tmp_path, layout):
     renamed = {k.replace("language_model.model.", "model.language_model.")
                .replace("vision_tower.", "model.vision_tower."): v for k, v in tensors.items()}
     save_file(renamed, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
-  out = import_hf.import_hf(str(tmp_path / "hf"), str(tmp_path / "ours"))
+  out = import_model.import_hf(str(tmp_path / "hf"), str(tmp_path / "ours"))
   cfg, params, meta = checkpoint.load_model_dir(out)
   assert cfg.family == "gemma3" and meta["source"]["vision_tensors_left_out"] > 0
   logits = jax.jit(model_lib.forward, static_argnums=0)(cfg, params, tokens)
@@ -178,24 +179,24 @@ def test_gemma3_multimodal_text_tower(tmp_path, layout):
 def test_gemma3_presets_round_trip_through_hf_config(name):
   from genrm_jax import config  # pylint: disable=g-import-not-at-top
   cfg = config.preset(name)
-  hf = hf_convert.config_to_hf(cfg, "bfloat16")
+  hf = keymap.config_to_hf(cfg, "bfloat16")
   parsed = transformers.Gemma3TextConfig(**hf)  # accepted as is, and read the same way
   assert parsed.layer_types == hf["layer_types"]
-  assert hf_convert.config_from_hf(hf) == cfg
+  assert keymap.config_from_hf(hf) == cfg
   # The older spelling of released config.json files: rope_theta, rope_local_base_freq,
   # rope_scaling and sliding_window_pattern instead of per-layer-type fields.
   old = {k: v for k, v in hf.items() if k not in ("rope_parameters", "layer_types")}
   old.update(rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, sliding_window_pattern=6,
              rope_scaling=({"rope_type": "linear", "factor": 8.0}
                            if cfg.global_rope_scale != 1 else None))
-  assert hf_convert.config_from_hf(old) == cfg
+  assert keymap.config_from_hf(old) == cfg
 
 
 def test_sharded_export_and_tokenizer(tmp_path, sp_tokenizer):
   model = make_hf_model("gemma2_gqa", seed=3)
   model.save_pretrained(tmp_path / "hf")
   ours = str(tmp_path / "ours")
-  import_hf.main(["--hf_dir", str(tmp_path / "hf"), "--out", ours, "--tokenizer", sp_tokenizer])
+  import_model.main(["--hf_dir", str(tmp_path / "hf"), "--out", ours, "--tokenizer", sp_tokenizer])
   export_hf.main(["--checkpoint", ours, "--out", str(tmp_path / "hf2"), "--max_shard_gb",
                   str(40_000 / 2**30)])
   files = sorted(os.listdir(tmp_path / "hf2"))
@@ -204,8 +205,8 @@ def test_sharded_export_and_tokenizer(tmp_path, sp_tokenizer):
   index = json.loads((tmp_path / "hf2" / "model.safetensors.index.json").read_text())
   assert set(index["weight_map"].values()) == set(shards)
   # A sharded folder imports through its index, to the same parameters.
-  _, p1 = import_hf.load_hf(str(tmp_path / "hf"))
-  _, p2 = import_hf.load_hf(str(tmp_path / "hf2"))
+  _, p1 = import_model.load_hf(str(tmp_path / "hf"))
+  _, p2 = import_model.load_hf(str(tmp_path / "hf2"))
   for k, v in _leaves(p1).items():
     np.testing.assert_array_equal(v, _leaves(p2)[k], err_msg=k)
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf2",
@@ -240,7 +241,7 @@ def test_project_vocab_exports_to_an_identical_hf_tokenizer(tmp_path):
 def test_bf16_export(tmp_path):
   model = make_hf_model("gemma_mqa")
   model.save_pretrained(tmp_path / "hf")
-  cfg, params = import_hf.load_hf(str(tmp_path / "hf"))
+  cfg, params = import_model.load_hf(str(tmp_path / "hf"))
   export_hf.write_hf_dir(cfg, params, str(tmp_path / "bf16"), dtype="bfloat16")
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")
   assert reloaded.dtype == torch.bfloat16
@@ -248,7 +249,7 @@ def test_bf16_export(tmp_path):
   tokens = tokens_for(40)
   assert rel_err(hf_logits(reloaded.float().eval(), tokens), hf_logits(model, tokens)) < 0.05
   # A bf16 folder (as released checkpoints are) imports into fp32 params, exactly.
-  _, p16 = import_hf.load_hf(str(tmp_path / "bf16"))
+  _, p16 = import_model.load_hf(str(tmp_path / "bf16"))
   for k, v in _leaves(params).items():
     np.testing.assert_array_equal(_leaves(p16)[k], v.astype(jax.numpy.bfloat16).astype(np.float32))
 
@@ -272,7 +273,7 @@ def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
 
 def _expect_failure(hf: pathlib.Path, out: pathlib.Path, match: str, tokenizer=None):
   with pytest.raises((ValueError, FileNotFoundError), match=match):
-    import_hf.import_hf(str(hf), str(out), tokenizer=tokenizer)
+    import_model.import_hf(str(hf), str(out), tokenizer=tokenizer)
   assert not out.exists()
   assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
 
@@ -320,15 +321,15 @@ def test_vocab_does_not_match_tokenizer(tmp_path, sp_tokenizer):
 def test_export_refuses_what_gemma1_cannot_express():
   from genrm_jax import config  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="attn_logits_soft_cap"):
-    hf_convert.config_to_hf(config.tiny(attn_logits_soft_cap=50.0), "float32")
+    keymap.config_to_hf(config.tiny(attn_logits_soft_cap=50.0), "float32")
   with pytest.raises(ValueError, match="use_qk_norm.*Gemma2ForCausalLM"):
-    hf_convert.config_to_hf(config.gemma2_2b(use_qk_norm=True), "float32")
+    keymap.config_to_hf(config.gemma2_2b(use_qk_norm=True), "float32")
   # transformers' Gemma 3 attention never applies attn_logit_softcapping.
   with pytest.raises(ValueError, match="attn_logits_soft_cap.*Gemma3ForCausalLM"):
-    hf_convert.config_to_hf(config.tiny_gemma3(attn_logits_soft_cap=50.0), "float32")
-  hf = hf_convert.config_to_hf(config.tiny_gemma3(), "float32")
+    keymap.config_to_hf(config.tiny_gemma3(attn_logits_soft_cap=50.0), "float32")
+  hf = keymap.config_to_hf(config.tiny_gemma3(), "float32")
   with pytest.raises(ValueError, match="'attn_logit_softcapping'=50.0"):
-    hf_convert.config_from_hf(dict(hf, attn_logit_softcapping=50.0))
+    keymap.config_from_hf(dict(hf, attn_logit_softcapping=50.0))
 
 
 def test_unsupported_gemma3_rope(tmp_path):
@@ -349,7 +350,7 @@ def test_official_layout_variants(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   model = make_hf_model("gemma_mha")
   model.save_pretrained(tmp_path / "hf")
-  cfg, params = import_hf.load_hf(str(tmp_path / "hf"))
+  cfg, params = import_model.load_hf(str(tmp_path / "hf"))
   official = {}
   for i in range(cfg.num_layers):
     layer = params[f"layer_{i}"]
@@ -368,7 +369,7 @@ def test_official_layout_variants(tmp_path):
   official["transformer/final_norm"] = {"scale": np.asarray(params["final_norm"]["scale"])}
   ckpt = ocp.PyTreeCheckpointer()
   ckpt.save(str(tmp_path / "official"), official)
-  out = import_hf.import_official(str(tmp_path / "official"), cfg, str(tmp_path / "ours"))
+  out = import_model.import_official(str(tmp_path / "official"), cfg, str(tmp_path / "ours"))
   _, got, _ = checkpoint.load_model_dir(out)
   want = _leaves(params)
   for k, v in _leaves(got).items():
@@ -376,7 +377,7 @@ def test_official_layout_variants(tmp_path):
 
   del official["transformer/final_norm"]
   with pytest.raises(ValueError, match="'final_norm/scale' is missing"):
-    hf_convert.params_from_official(official, cfg)
+    keymap.params_from_official(official, cfg)
 
 
 # The gemma library's declared dependencies (xmanager) force protobuf < 7, so it cannot be a test
@@ -450,7 +451,7 @@ def test_official_gemma_library_parity(gemma_library):
     ref_params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape),
                               ref_params)  # non-zero norm offsets
     ref = np.asarray(jax.jit(ref_model.apply)({"params": ref_params}, tokens).logits)
-    params = hf_convert.params_from_official(ref_params, cfg)
+    params = keymap.params_from_official(ref_params, cfg)
     logits = jax.jit(model_lib.forward, static_argnums=0)(cfg, params, tokens)
     assert rel_err(logits, ref) <= 1e-4
 
@@ -459,7 +460,7 @@ def test_gemma2_without_local_layers_round_trips_config():
   from genrm_jax import config  # pylint: disable=g-import-not-at-top
   cfg = config.bench_10m(family="gemma2", use_post_attn_norm=True, use_post_ffw_norm=True,
                          query_pre_attn_scalar=64)
-  hf = hf_convert.config_to_hf(cfg, "float32")
+  hf = keymap.config_to_hf(cfg, "float32")
   assert hf["layer_types"] == ["full_attention"] * cfg.num_layers and hf["sliding_window"]
   transformers.Gemma2Config(**hf)  # accepted as is
-  assert hf_convert.config_from_hf(hf) == cfg
+  assert keymap.config_from_hf(hf) == cfg

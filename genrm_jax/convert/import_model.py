@@ -1,17 +1,18 @@
 """Import a Hugging Face Gemma / Gemma 2 / Gemma 3 folder, a GGUF file, or an official Gemma Flax
 checkpoint.
 
-    python -m genrm_jax.import_hf --hf_dir DIR --out MODEL_DIR [--tokenizer tokenizer.model]
-    python -m genrm_jax.import_hf --gguf FILE.gguf --out MODEL_DIR
-    python -m genrm_jax.import_hf --official_dir CKPT --preset gemma2_2b --out MODEL_DIR
+    python -m genrm_jax.convert.import_model --hf_dir DIR --out MODEL_DIR \
+        [--tokenizer tokenizer.model]
+    python -m genrm_jax.convert.import_model --gguf FILE.gguf --out MODEL_DIR
+    python -m genrm_jax.convert.import_model --official_dir CKPT --preset gemma2_2b --out MODEL_DIR
 
 The HF folder holds config.json and model.safetensors or sharded model-*.safetensors with
 model.safetensors.index.json. Of a Gemma3ForConditionalGeneration checkpoint (Gemma 3 4B-27B) only
 the text tower is imported; its vision tensors are counted in the log and the model's metadata.
-A GGUF file (``genrm_jax.gguf_import``) brings its own vocabulary, written as tokenizer.model. Tensors are read one at a time (memory-mapped by safetensors) and
-put into their shards, so the host never holds two copies of the model. Every check (config,
-tensor names and shapes, vocabulary size) runs before anything is written; the output directory
-is written atomically.
+A GGUF file (``genrm_jax.convert.gguf``) brings its own vocabulary, written as tokenizer.model.
+Tensors are read one at a time (memory-mapped by safetensors) and put into their shards, so the
+host never holds two copies of the model. Every check (config, tensor names and shapes,
+vocabulary size) runs before anything is written; the output directory is written atomically.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from safetensors import safe_open
 
 from genrm_jax import checkpoint
 from genrm_jax import cli
-from genrm_jax import hf_convert
 from genrm_jax import vocab as vocab_lib
+from genrm_jax.convert import keymap
 from genrm_jax.config import ModelConfig, preset
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -49,16 +50,16 @@ def _config_json(hf_dir: str) -> tuple[dict[str, Any], str]:
 
 def read_hf_config(hf_dir: str) -> ModelConfig:
   d, path = _config_json(hf_dir)
-  return hf_convert.config_from_hf(d, where=path)
+  return keymap.config_from_hf(d, where=path)
 
 
 def _model_tensors(hf_dir: str) -> tuple[dict[str, tuple[str, str]], list[str]]:
   """{HF name as Gemma*ForCausalLM spells it: (file, name in the file)}, and the vision tensors
   of a multimodal checkpoint, which are left out."""
   files = tensor_files(hf_dir)
-  if not hf_convert.is_multimodal(_config_json(hf_dir)[0]):
+  if not keymap.is_multimodal(_config_json(hf_dir)[0]):
     return {name: (fn, name) for name, fn in files.items()}, []
-  tower, vision = hf_convert.text_tower_names(files)
+  tower, vision = keymap.text_tower_names(files)
   return {name: (files[in_file], in_file) for name, in_file in tower.items()}, vision
 
 
@@ -104,7 +105,7 @@ def load_hf(hf_dir: str, mesh=None) -> tuple[ModelConfig, Any]:
         handles[fn] = stack.enter_context(safe_open(fn, framework="numpy"))
       return handles[fn].get_tensor(in_file)
 
-    params = hf_convert.params_from_hf(cfg, get_tensor, set(files), mesh=mesh, where=hf_dir)
+    params = keymap.params_from_hf(cfg, get_tensor, set(files), mesh=mesh, where=hf_dir)
   return cfg, params
 
 
@@ -113,7 +114,7 @@ def import_hf(hf_dir: str, out: str, tokenizer: str | None = None, mesh=None,
   """Writes a genrm-jax model directory from a HF folder; returns ``out``."""
   tokenizer = tokenizer or _existing(os.path.join(hf_dir, "tokenizer.model"))
   cfg = read_hf_config(hf_dir)
-  multimodal = hf_convert.is_multimodal(_config_json(hf_dir)[0])
+  multimodal = keymap.is_multimodal(_config_json(hf_dir)[0])
   if tokenizer:
     # A multimodal Gemma 3 pads its embedding past the tokenizer (262_208 rows, 262_144 pieces).
     vocab_lib.check_fits(cfg.vocab_size, tokenizer, f"HF folder {hf_dir}",
@@ -132,7 +133,7 @@ def load_official(ckpt_dir: str, cfg: ModelConfig) -> Any:
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"official checkpoint {ckpt_dir} is not a directory")
   tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(ckpt_dir))
-  return hf_convert.params_from_official(tree, cfg)
+  return keymap.params_from_official(tree, cfg)
 
 
 def import_official(ckpt_dir: str, cfg: ModelConfig, out: str, tokenizer: str | None = None,
@@ -151,7 +152,8 @@ def _existing(path: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m genrm_jax.convert.import_model",
+                               description=__doc__.split("\n\n")[0])
   src = ap.add_mutually_exclusive_group(required=True)
   src.add_argument("--hf_dir", help="Hugging Face folder: config.json + *.safetensors")
   src.add_argument("--gguf", help="GGUF file of a Gemma / Gemma 2 / Gemma 3 (llama.cpp)")
@@ -170,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.hf_dir:
       import_hf(args.hf_dir, args.out, args.tokenizer, overwrite=args.overwrite)
     elif args.gguf:
-      from genrm_jax import gguf_import  # pylint: disable=g-import-not-at-top
-      gguf_import.import_gguf(args.gguf, args.out, overwrite=args.overwrite)
+      from genrm_jax.convert import gguf  # pylint: disable=g-import-not-at-top
+      gguf.import_gguf(args.gguf, args.out, overwrite=args.overwrite)
     else:
       import_official(args.official_dir, preset(args.preset), args.out, args.tokenizer,
                       overwrite=args.overwrite)

@@ -22,10 +22,11 @@ gguf = pytest.importorskip("gguf")
 
 import sentencepiece as spm  # noqa: E402
 
-from genrm_jax import checkpoint, config, formats, gguf_import  # noqa: E402
-from genrm_jax import import_hf  # noqa: E402
+from genrm_jax import checkpoint, config, formats  # noqa: E402
 from genrm_jax import model as model_lib  # noqa: E402
 from genrm_jax import sampler  # noqa: E402
+from genrm_jax.convert import gguf as gguf_lib  # noqa: E402
+from genrm_jax.convert import import_model  # noqa: E402
 from tests import tiny_lm  # noqa: E402
 
 # ----------------------------------------------------------------------------- dequantization
@@ -48,11 +49,11 @@ def _random_blocks(name: str, nblocks: int, nbytes: int, rng) -> np.ndarray:
   return raw
 
 
-@pytest.mark.parametrize("ggml_type", sorted(gguf_import.QUANT_TYPES))
+@pytest.mark.parametrize("ggml_type", sorted(gguf_lib.QUANT_TYPES))
 def test_dequantize_matches_gguf_and_transformers(ggml_type):
-  name, per_block, nbytes, _ = gguf_import.QUANT_TYPES[ggml_type]
+  name, per_block, nbytes, _ = gguf_lib.QUANT_TYPES[ggml_type]
   raw = _random_blocks(name, 9, nbytes, np.random.default_rng(ggml_type))
-  ours = gguf_import.dequantize(raw, ggml_type, 9 * per_block)
+  ours = gguf_lib.dequantize(raw, ggml_type, 9 * per_block)
   ref = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(ggml_type)).reshape(-1)
   np.testing.assert_array_equal(ours, ref.astype(np.float32))
   from transformers.integrations.gguf import dequant  # pylint: disable=g-import-not-at-top
@@ -159,7 +160,7 @@ def test_tiny_gguf_matches_transformers_loading_the_same_file(arch, tmp_path):
   with torch.no_grad():
     ref = model(torch.tensor(tokens)).logits.float().numpy()
 
-  import_hf.main(["--gguf", str(tmp_path / "m.gguf"), "--out", str(tmp_path / "ours")])
+  import_model.main(["--gguf", str(tmp_path / "m.gguf"), "--out", str(tmp_path / "ours")])
   cfg, params, meta = checkpoint.load_model_dir(str(tmp_path / "ours"))
   assert cfg.family == arch and meta["source"]["gguf"].endswith("m.gguf")
   got = _logits(cfg, params, tokens)
@@ -180,7 +181,7 @@ def tiny_gemma3(tmp_path_factory):
 def _expect_failure(gguf_path: pathlib.Path, match: str):
   out = gguf_path.parent / "out"
   with pytest.raises((ValueError, FileNotFoundError), match=match):
-    gguf_import.import_gguf(str(gguf_path), str(out))
+    gguf_lib.import_gguf(str(gguf_path), str(out))
   assert not out.exists()
   assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]
 
@@ -193,7 +194,7 @@ def test_unsupported_architecture(tiny_gemma3, tmp_path):
 def test_unsupported_tensor_type(tiny_gemma3, tmp_path):
   # Q2_K is a real type this importer does not dequantize; written as raw blocks of zeros.
   write_gguf(tmp_path / "m.gguf", "gemma3", tiny_gemma3)
-  f = gguf_import.GGUFFile(str(tmp_path / "m.gguf"))
+  f = gguf_lib.GGUFFile(str(tmp_path / "m.gguf"))
   name = "blk.2.attn_q.weight"
   ggml_type, _, raw = f.tensors[name]
   assert ggml_type == 8  # Q8_0
@@ -258,7 +259,7 @@ def one_torch_thread():
 def test_real_gemma3_270m_logits_and_greedy_match_transformers(real_gguf, shared_data,
                                                                one_torch_thread):
   # (import_gguf = load_gguf + the model directory writer, which the tiny files above cover.)
-  cfg, params, tokenizer = gguf_import.load_gguf(str(real_gguf))
+  cfg, params, tokenizer = gguf_lib.load_gguf(str(real_gguf))
   assert cfg == config.gemma3_270m()
   ref_model = transformers.AutoModelForCausalLM.from_pretrained(
       real_gguf.parent, gguf_file=real_gguf.name, dtype=torch.float32).eval()
@@ -275,8 +276,8 @@ def test_real_gemma3_270m_logits_and_greedy_match_transformers(real_gguf, shared
                                     min_new_tokens=32)[0, len(ids):].tolist()
   codec = sampler.as_codec(sp)
   (ours,), = sampler.sample(cfg, params, codec, [sp.decode(ids[1:])],
-                            sampler.SamplerConfig(max_new_tokens=32, temperature=0.0,
-                                                  stop_token_ids=()))
+                            config.SamplerConfig(max_new_tokens=32, temperature=0.0,
+                                                 stop_token_ids=()))
   assert ours.token_ids[:len(ref_greedy)] == ref_greedy[:len(ours.token_ids)]
   assert len(ours.token_ids) == 32 or ours.token_ids[-1] == sp.eos_id()
 
@@ -284,7 +285,7 @@ def test_real_gemma3_270m_logits_and_greedy_match_transformers(real_gguf, shared
 def test_real_gemma3_270m_tokenizer_matches_transformers_gguf_tokenizer(real_gguf, shared_data):
   from genrm_jax import gsm8k_release  # pylint: disable=g-import-not-at-top
   ours = spm.SentencePieceProcessor(
-      model_proto=gguf_import.sentencepiece_model(gguf_import.GGUFFile(str(real_gguf))))
+      model_proto=gguf_lib.sentencepiece_model(gguf_lib.GGUFFile(str(real_gguf))))
   theirs = transformers.AutoTokenizer.from_pretrained(real_gguf.parent, gguf_file=real_gguf.name)
   assert [ours.piece_to_id(p) for p in ("▁Yes", "▁No")] == [8438, 2301]
   assert ours.encode(formats.YES) == [8438] and ours.encode(formats.NO) == [2301]

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from genrm_jax.serve_batcher import Batcher, BatchFailed, Kind, QueueFull
-from genrm_jax.serve_metrics import Metrics
+from genrm_jax.serve.batcher import Batcher, BatchFailed, Kind, QueueFull
+from genrm_jax.serve.metrics import Metrics
 
 DIRECT, COT = Kind("genrm", 1), Kind("genrm_cot", 2)
 

@@ -24,7 +24,7 @@ import math
 import time
 from typing import Any, Callable, Sequence
 
-from genrm_jax.serve_metrics import Metrics
+from genrm_jax.serve.metrics import Metrics
 
 log = logging.getLogger("genrm_jax.serve")
 

@@ -1,6 +1,6 @@
 """The server's HTTP layer over a stand-in scorer: faults (500), a full queue (503), the client.
 
-The real model and process are in test_serve.py; here a scorer that fails or blocks on demand
+The real model and process are in test_server.py; here a scorer that fails or blocks on demand
 makes the fault paths deterministic.
 """
 
@@ -15,7 +15,8 @@ import urllib.request
 import pytest
 import uvicorn
 
-from genrm_jax import reward_client, serve
+from genrm_jax.serve import client as client_lib
+from genrm_jax.serve import server as server_lib
 
 
 class StandIn:
@@ -45,11 +46,11 @@ class StandIn:
 @pytest.fixture(scope="module")
 def app_server():
   scorer = StandIn()
-  sc = serve.ServeConfig(model="stand-in", port=0, max_rows=4, max_wait_ms=20,
-                         max_queue_items=6, max_items=4, max_body_bytes=2000)
-  server = uvicorn.Server(uvicorn.Config(serve.build_app(scorer, sc, None), host="127.0.0.1",
-                                         port=0, log_level="warning", lifespan="on",
-                                         loop="asyncio"))
+  sc = server_lib.ServeConfig(model="stand-in", port=0, max_rows=4, max_wait_ms=20,
+                              max_queue_items=6, max_items=4, max_body_bytes=2000)
+  server = uvicorn.Server(uvicorn.Config(server_lib.build_app(scorer, sc, None),
+                                         host="127.0.0.1", port=0, log_level="warning",
+                                         lifespan="on", loop="asyncio"))
   thread = threading.Thread(target=server.run, daemon=True)
   thread.start()
   while not server.started:
@@ -108,7 +109,7 @@ def test_full_queue_503_with_retry_after_then_the_client_retries(app_server):
   assert status == 503 and "queue" in body["error"] and int(headers["Retry-After"]) >= 1
   # The client retries after Retry-After; release the scorer meanwhile.
   threading.Timer(0.5, scorer.gate.set).start()
-  client = reward_client.RewardClient(url, retries=5)
+  client = client_lib.RewardClient(url, retries=5)
   assert [r["score"] for r in client.score([("q", "xy"), ("q", "xyz")])] == [2.0, 3.0]
   for t in blocked:
     t.join()
@@ -124,8 +125,8 @@ def test_body_and_item_limits_413_and_client_errors(app_server):
   assert status == 413 and body["error"].startswith("body: 3013 bytes, over the limit of 2000")
   status, body, _ = _post(url, "/v1/score", _items(*"abcde"))
   assert status == 413 and body["error"].startswith("items: 5 entries, over the limit of 4")
-  client = reward_client.RewardClient(url, retries=0)
-  with pytest.raises(reward_client.RewardServerError, match="400.*items\\[0\\]: needs 101"):
+  client = client_lib.RewardClient(url, retries=0)
+  with pytest.raises(client_lib.RewardServerError, match="400.*items\\[0\\]: needs 101"):
     client.score([("q", "x" * 100)])
   # The client splits a long list into requests the server accepts, keeping the order.
   assert [r["score"] for r in client.score([("q", "x" * n) for n in range(1, 10)], chunk=4)] == [
@@ -136,32 +137,33 @@ def test_body_and_item_limits_413_and_client_errors(app_server):
 
 def test_verl_and_openrlhf_reward_functions(app_server, monkeypatch):
   url, _ = app_server
-  monkeypatch.setenv(reward_client.URL_ENV, url)
-  monkeypatch.setattr(reward_client, "_CLIENT", [])
-  assert reward_client.compute_score("gsm8k", "abcd", "4", {"question": "q"}) == 4.0
-  assert reward_client.compute_score_batch(["gsm8k"] * 2, ["a", "abc"], ["1", "2"],
+  monkeypatch.setenv(client_lib.URL_ENV, url)
+  monkeypatch.setattr(client_lib, "_CLIENT", [])
+  assert client_lib.compute_score("gsm8k", "abcd", "4", {"question": "q"}) == 4.0
+  assert client_lib.compute_score_batch(["gsm8k"] * 2, ["a", "abc"], ["1", "2"],
                                            [{"question": "q"}] * 2) == [1.0, 3.0]
-  out = reward_client.reward_func(["Q: q\nA: Let's think step by step.\nab"],
+  out = client_lib.reward_func(["Q: q\nA: Let's think step by step.\nab"],
                                   ["Q: q\nA: Let's think step by step.\n"], ["2"])
   assert out["rewards"].tolist() == [2.0] and out["extra_logs"]["p_no"].tolist() == [0.25]
   with pytest.raises(ValueError, match=r"extra_infos\[1\]: the GenRM reward needs the question"):
-    reward_client.compute_score_batch(["d"] * 2, ["a", "b"], [None] * 2, [{"question": "q"}, {}])
+    client_lib.compute_score_batch(["d"] * 2, ["a", "b"], [None] * 2, [{"question": "q"}, {}])
 
 
 def test_bind_and_settings_checks(tmp_path):
-  assert serve.is_loopback("127.0.0.1") and serve.is_loopback("::1")
-  assert serve.is_loopback("localhost") and serve.is_loopback("127.8.0.1")
-  assert not serve.is_loopback("0.0.0.0") and not serve.is_loopback("::")
-  assert not serve.is_loopback("10.0.0.2") and not serve.is_loopback("my-host")
+  assert server_lib.is_loopback("127.0.0.1") and server_lib.is_loopback("::1")
+  assert server_lib.is_loopback("localhost") and server_lib.is_loopback("127.8.0.1")
+  assert not server_lib.is_loopback("0.0.0.0") and not server_lib.is_loopback("::")
+  assert not server_lib.is_loopback("10.0.0.2") and not server_lib.is_loopback("my-host")
   with pytest.raises(ValueError, match="not a loopback address"):
-    serve.read_token(serve.ServeConfig(model="m", host="my-host"))
+    server_lib.read_token(server_lib.ServeConfig(model="m", host="my-host"))
   (tmp_path / "t").write_text(" \n")
   with pytest.raises(ValueError, match="expected one token"):
-    serve.read_token(serve.ServeConfig(model="m", host="0.0.0.0", token_file=str(tmp_path / "t")))
+    server_lib.read_token(server_lib.ServeConfig(model="m", host="0.0.0.0",
+                                                 token_file=str(tmp_path / "t")))
   (tmp_path / "t").write_text("abc\n")
-  assert serve.read_token(serve.ServeConfig(model="m", host="0.0.0.0",
-                                            token_file=str(tmp_path / "t"))) == "abc"
+  assert server_lib.read_token(server_lib.ServeConfig(model="m", host="0.0.0.0",
+                                                        token_file=str(tmp_path / "t"))) == "abc"
   with pytest.raises(ValueError, match="could never be queued"):
-    serve.ServeConfig(model="m", max_items=10, max_queue_items=5)
+    server_lib.ServeConfig(model="m", max_items=10, max_queue_items=5)
   with pytest.raises(ValueError, match="--method 'judge'"):
-    serve.ServeConfig(model="m", method="judge")
+    server_lib.ServeConfig(model="m", method="judge")

@@ -4,7 +4,7 @@
         [--task gsm8k] [--host 127.0.0.1] [--port 8000] [--token_file F] [--max_rows 64] \\
         [--max_wait_ms 5] [--mesh DATA,FSDP,TENSOR] [--gin_file F] [--gin_bindings B]
 
-Endpoints (wire formats in ``genrm_jax.serve_api``): ``POST /v1/score`` (native), ``POST
+Endpoints (wire formats in ``genrm_jax.serve.api``): ``POST /v1/score`` (native), ``POST
 /get_reward`` (OpenRLHF's ``--remote_rm_url`` contract), ``GET /health`` and ``GET /metrics``
 (Prometheus text). A GenRM model serves ``genrm`` and ``genrm_cot`` (a request picks with
 ``method``); ``disc`` and ``dpo`` serve themselves. Scores are ``genrm_jax.scoring``'s, with the
@@ -12,7 +12,7 @@ task's instruction (``--task``) and ``ScoringConfig`` from gin, exactly as ``gen
 computes them; CoT rationales draw from (``--seed``, item, k), so a CoT score does not depend on
 how requests were batched.
 
-Requests are batched dynamically (``genrm_jax.serve_batcher``): ``--max_rows`` rows a batch (a
+Requests are batched dynamically (``genrm_jax.serve.batcher``): ``--max_rows`` rows a batch (a
 CoT item is K rows; 1 turns batching off) and ``--max_wait_ms`` for a batch to fill. JAX runs on
 one scoring thread; the model sits on this host's devices (``--mesh``, as in eval; default: one).
 
@@ -45,19 +45,19 @@ from starlette.responses import JSONResponse, Response
 
 from genrm_jax import checkpoint
 from genrm_jax import cli
-from genrm_jax import sampler
 from genrm_jax import scoring
-from genrm_jax import serve_api
 from genrm_jax import task_rules
-from genrm_jax.serve_batcher import Batcher, BatchFailed, Kind, QueueFull
-from genrm_jax.serve_metrics import Metrics
+from genrm_jax.config import SamplerConfig, ScoringConfig
+from genrm_jax.serve import api
+from genrm_jax.serve.batcher import Batcher, BatchFailed, Kind, QueueFull
+from genrm_jax.serve.metrics import Metrics
 
 log = logging.getLogger("genrm_jax.serve")
 
 ENDPOINTS = ("/v1/score", "/get_reward", "/health", "/metrics")
 # So that --gin_bindings may name them (ScoringConfig.rationale = @SamplerConfig()).
-cli.register(scoring.ScoringConfig)
-cli.register(sampler.SamplerConfig)
+cli.register(ScoringConfig)
+cli.register(SamplerConfig)
 
 
 def served(method: str | None = None) -> tuple[str, ...]:
@@ -144,7 +144,7 @@ class ModelScorer:
     task_rules.check_trained_task(checkpoint.model_meta(sc.model, "--model"), sc.task,
                                   f"--model {sc.model}")
     self.verifier = scoring.load_verifier(sc.model, sc.method, mesh, what=f"--model {sc.model}")
-    self.opts = cli.configure(scoring.ScoringConfig,
+    self.opts = cli.configure(ScoringConfig,
                               instruction=task_rules.get_task(sc.task).instruction,
                               num_rationales=sc.votes or None)
     self.seed = sc.seed
@@ -217,13 +217,13 @@ class _Guard:
 async def _read_json(request, limit: int) -> Any:
   length = request.headers.get("content-length", "")
   if length.isdigit() and int(length) > limit:
-    raise serve_api.ApiError(413, "body", f"{length} bytes, over the limit of {limit}")
+    raise api.ApiError(413, "body", f"{length} bytes, over the limit of {limit}")
   body = bytearray()
   async for chunk in request.stream():
     body += chunk
     if len(body) > limit:
-      raise serve_api.ApiError(413, "body", f"over the limit of {limit} bytes")
-  return serve_api.parse_json(bytes(body))
+      raise api.ApiError(413, "body", f"over the limit of {limit} bytes")
+  return api.parse_json(bytes(body))
 
 
 def build_app(scorer: Scorer, sc: ServeConfig, token: str | None):
@@ -231,7 +231,7 @@ def build_app(scorer: Scorer, sc: ServeConfig, token: str | None):
   metrics = Metrics()
   batcher = Batcher(scorer.score, max_rows=sc.max_rows, max_wait_s=sc.max_wait_ms / 1000,
                     max_queue_items=sc.max_queue_items, metrics=metrics)
-  limits = serve_api.Limits(scorer.methods, scorer.votes, sc.max_votes, sc.max_items)
+  limits = api.Limits(scorer.methods, scorer.votes, sc.max_votes, sc.max_items)
 
   @contextlib.asynccontextmanager
   async def lifespan(_):
@@ -243,20 +243,20 @@ def build_app(scorer: Scorer, sc: ServeConfig, token: str | None):
                 redoc_url=None, openapi_url=None)
   app.add_middleware(_Guard, token=token, metrics=metrics)
 
-  async def scored(req: serve_api.Request) -> list[dict]:
-    await asyncio.to_thread(serve_api.check_context, req, scorer.needed, scorer.max_seq_len)
+  async def scored(req: api.Request) -> list[dict]:
+    await asyncio.to_thread(api.check_context, req, scorer.needed, scorer.max_seq_len)
     return await batcher.submit(Kind(req.method, req.votes), req.items)
 
   @app.post("/v1/score")
   async def score(request: fastapi.Request):
-    req = serve_api.parse_score(await _read_json(request, sc.max_body_bytes), limits)
-    return JSONResponse(serve_api.score_response(req, await scored(req)))
+    req = api.parse_score(await _read_json(request, sc.max_body_bytes), limits)
+    return JSONResponse(api.score_response(req, await scored(req)))
 
   @app.post("/get_reward")
   async def get_reward(request: fastapi.Request):
-    req = serve_api.parse_get_reward(await _read_json(request, sc.max_body_bytes), limits,
+    req = api.parse_get_reward(await _read_json(request, sc.max_body_bytes), limits,
                                      scorer.specials)
-    return JSONResponse(serve_api.reward_response(await scored(req)))
+    return JSONResponse(api.reward_response(await scored(req)))
 
   @app.get("/health")
   async def health():
@@ -267,8 +267,8 @@ def build_app(scorer: Scorer, sc: ServeConfig, token: str | None):
   async def prometheus():
     return Response(metrics.render(), media_type=metrics.content_type)
 
-  @app.exception_handler(serve_api.ApiError)
-  async def refused(_, e: serve_api.ApiError):
+  @app.exception_handler(api.ApiError)
+  async def refused(_, e: api.ApiError):
     return _error(e.status, str(e))
 
   @app.exception_handler(QueueFull)
@@ -343,7 +343,3 @@ def main(argv: Sequence[str] | None = None) -> None:
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda s, _: signalled.append(s))
   asyncio.run(serve(build_app(scorer, sc, token), sc, signalled))
-
-
-if __name__ == "__main__":
-  main()

@@ -1,8 +1,8 @@
 """Export a genrm-jax model directory as a Hugging Face transformers folder, or a LoRA model
 directory's adapters as a Hugging Face PEFT adapter.
 
-    python -m genrm_jax.export_hf --checkpoint MODEL_DIR --out HF_DIR [--dtype bfloat16]
-    python -m genrm_jax.export_hf --checkpoint LORA_MODEL_DIR --out ADAPTER_DIR --peft \
+    python -m genrm_jax.convert.export_hf --checkpoint MODEL_DIR --out HF_DIR [--dtype bfloat16]
+    python -m genrm_jax.convert.export_hf --checkpoint LORA_MODEL_DIR --out ADAPTER_DIR --peft \
         [--base_model HF_BASE_DIR_OR_HUB_NAME]
 
 Writes config.json, model.safetensors (or model-0000i-of-0000n.safetensors plus
@@ -33,8 +33,8 @@ from safetensors.numpy import save_file
 from genrm_jax import checkpoint
 from genrm_jax import cli
 from genrm_jax import files
-from genrm_jax import hf_convert
 from genrm_jax import vocab as vocab_lib
+from genrm_jax.convert import keymap
 from genrm_jax.config import ModelConfig
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
@@ -46,7 +46,7 @@ def _shard_plan(cfg: ModelConfig, itemsize: int, max_shard_bytes: int) -> list[l
   """HF names grouped into consecutive shards of at most ``max_shard_bytes`` (one tensor min)."""
   shards: list[list[str]] = [[]]
   size = 0
-  for name, shape in hf_convert.hf_shapes(cfg).items():
+  for name, shape in keymap.hf_shapes(cfg).items():
     n = int(np.prod(shape)) * itemsize
     if shards[-1] and size + n > max_shard_bytes:
       shards.append([])
@@ -62,7 +62,7 @@ def write_weights(cfg: ModelConfig, params: Any, out: str, dtype: str,
   plan = _shard_plan(cfg, jnp.dtype(dtype).itemsize, max_shard_bytes)
   names = [SINGLE_FILE] if len(plan) == 1 else [
       f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
-  tensors = hf_convert.hf_tensors(cfg, params, dtype)
+  tensors = keymap.hf_tensors(cfg, params, dtype)
   weight_map, total = {}, 0
   for fname, shard in zip(names, plan):
     batch = {}
@@ -140,7 +140,7 @@ def write_hf_dir(cfg: ModelConfig, params: Any, out: str, tokenizer_path: str | 
                  overwrite: bool = False) -> str:
   """Writes a complete HF folder atomically; returns ``out``."""
   dtype = dtype or cfg.param_dtype
-  hf_cfg = hf_convert.config_to_hf(cfg, dtype)  # fails before anything is written
+  hf_cfg = keymap.config_to_hf(cfg, dtype)  # fails before anything is written
   with files.atomic_dir(out, overwrite=overwrite) as tmp:
     if tokenizer_path:
       hf_cfg.update(write_tokenizer(tokenizer_path, tmp, cfg))
@@ -174,7 +174,8 @@ def export_hf(checkpoint_dir: str, out: str, dtype: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap = argparse.ArgumentParser(prog="python -m genrm_jax.convert.export_hf",
+                               description=__doc__.split("\n\n")[0])
   ap.add_argument("--checkpoint", required=True, help="genrm-jax model directory")
   ap.add_argument("--out", required=True, help="Hugging Face folder to write")
   ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],

@@ -1,7 +1,8 @@
 """The reward server's wire formats: parsing and checking requests, building responses.
 
-Pure functions over decoded JSON (no HTTP, no JAX); ``genrm_jax.serve`` wires them to FastAPI.
-Every rejected request raises ``ApiError`` with a status and the field (and index) at fault.
+Pure functions over decoded JSON (no HTTP, no JAX); ``genrm_jax.serve.server`` wires them to
+FastAPI. Every rejected request raises ``ApiError`` with a status and the field (and index) at
+fault.
 
 ``POST /v1/score``::
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from genrm_jax import formats
-from genrm_jax import serve_api as api
+from genrm_jax.serve import api
 
 LIMITS = api.Limits(methods=("genrm", "genrm_cot"), votes=4, max_votes=8, max_items=3)
 SPECIALS = ("<bos>", "<eos>", "<pad>")

@@ -36,7 +36,7 @@ from genrm_jax import vocab as vocab_lib
 
 pytestmark = pytest.mark.xdist_group("serve")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token"
 # The CoT rationale sampler of both eval and the servers: short, so the tests stay fast.
 GIN = ["ScoringConfig.rationale = @SamplerConfig()", "SamplerConfig.max_new_tokens = 6"]

@@ -1,14 +1,15 @@
 """Import a Gemma / Gemma 2 / Gemma 3 GGUF file (llama.cpp's format) as a genrm-jax model directory.
 
-    python -m genrm_jax.import_hf --gguf FILE.gguf --out MODEL_DIR
+    python -m genrm_jax.convert.import_model --gguf FILE.gguf --out MODEL_DIR
 
 The file is memory-mapped and its container parsed here (the ``gguf`` package's reader takes over a
 minute on a 262K-token vocabulary); the block formats are dequantized here, in numpy, to float32
-with ggml's arithmetic (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K). Tensor names map onto the HF names of ``hf_convert``'s key map, so the
-same rows place them in our tree. The vocabulary stored in the file (tokens, scores, token types,
-special ids) is rebuilt as the SentencePiece ``tokenizer.model`` Gemma ships, so the model directory
-is complete. Every check (architecture, tensor types, names, shapes, vocabulary) runs before anything
-is written, and the directory appears atomically.
+with ggml's arithmetic (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K). Tensor
+names map onto the HF names of ``genrm_jax.convert.keymap``, so the same rows place them in our
+tree. The vocabulary stored in the file (tokens, scores, token types, special ids) is rebuilt as
+the SentencePiece ``tokenizer.model`` Gemma ships, so the model directory is complete. Every check
+(architecture, tensor types, names, shapes, vocabulary) runs before anything is written, and the
+directory appears atomically.
 
 What a GGUF file does not state is taken from llama.cpp, which wrote it: Gemma 3's local layers use
 RoPE base 10,000 and every 6th layer is global; Gemma 2 and 3 scale queries by head_dim**-0.5 except
@@ -27,7 +28,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from genrm_jax import checkpoint
-from genrm_jax import hf_convert
+from genrm_jax.convert import keymap
 from genrm_jax.config import AttentionType, ModelConfig
 
 ARCHITECTURES = ("gemma", "gemma2", "gemma3")
@@ -363,8 +364,8 @@ def sentencepiece_model(f: GGUFFile) -> bytes:
 
 def _check_tensors(f: GGUFFile, cfg: ModelConfig) -> dict[str, str]:
   """HF name -> GGUF name of every tensor, after checking names, types and shapes."""
-  expected = hf_convert.hf_shapes(cfg)
-  names = {hf: hf_convert.gguf_name(hf, cfg.family) for hf in expected}
+  expected = keymap.hf_shapes(cfg)
+  names = {hf: keymap.gguf_name(hf, cfg.family) for hf in expected}
   missing = [g for g in names.values() if g not in f.tensors]
   if missing:
     raise ValueError(f"{f.path}: tensor {missing[0]!r} is missing ({len(missing)} missing of "
@@ -395,7 +396,7 @@ def load_gguf(path: str, mesh=None) -> tuple[ModelConfig, Any, bytes]:
     # GGUF stores Gemma's RMSNorm weights as the scale 1 + w; ours (and HF's) are w.
     return x - np.float32(1.0) if names[hf].endswith("norm.weight") else x
 
-  params = hf_convert.params_from_hf(cfg, get_tensor, set(names), mesh=mesh, where=path)
+  params = keymap.params_from_hf(cfg, get_tensor, set(names), mesh=mesh, where=path)
   return cfg, params, tokenizer
 
 
