@@ -51,8 +51,10 @@ def colors(methods: Sequence[str]) -> dict[str, tuple[float, ...]]:
   same in every figure of a run (each figure plots a different subset of them)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   ranked = [m for m in methods if m not in BOUNDS]
-  cmap = matplotlib.colormaps["tab10" if len(ranked) <= 10 else "tab20"]
-  return {m: cmap(i % cmap.N) for i, m in enumerate(ranked)}
+  # The bounds are grey: no method is.
+  palette = [c for c in matplotlib.colormaps["tab10" if len(ranked) <= 9 else "tab20"].colors
+             if not c[0] == c[1] == c[2]]
+  return {m: (*palette[i % len(palette)], 1.0) for i, m in enumerate(ranked)}
 
 
 def best_of_n(results: dict[str, dict[str, float]], path: str, title: str,

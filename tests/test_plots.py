@@ -35,7 +35,9 @@ def test_a_method_has_the_same_colour_in_every_figure(tmp_path, monkeypatch):
 @pytest.mark.parametrize("count", [3, 14])
 def test_colours_are_distinct(count):
   names = [f"m{i}" for i in range(count)]
-  assert len(set(plots.colors(["pass@1", *names]).values())) == count
+  colours = plots.colors(["pass@1", *names]).values()
+  assert len(set(colours)) == count
+  assert not any(c[0] == c[1] == c[2] for c in colours)  # grey is the bounds' colour
 
 
 def test_best_of_n_fits_its_axis_draws_bands_and_leaves_out_rows(tmp_path, monkeypatch):
