@@ -122,6 +122,7 @@ def _symbol_offset(path: str, symbol: bytes, size: int) -> int | None:
   return None
 
 
+@functools.cache  # the library loads once a process; its symbol table is read once
 def quiet_sentencepiece() -> None:
   """Sets the minimum log level of tensorflow_text's sentencepiece (default 1: warnings and up),
   as its own ``logging::SetMinLogLevel`` would. Does nothing where the library is not loaded or
