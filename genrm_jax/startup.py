@@ -12,9 +12,10 @@ SentencePiece's INFO lines, printed each time a tf.data pipeline loads a vocabul
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import glob
 import importlib.util
-import ctypes
 import os
 import struct
 import sys
